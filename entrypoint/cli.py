@@ -1,0 +1,309 @@
+"""Command line: read options and environment, then hand over to the init, the pool or a control command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from entrypoint import __version__
+from entrypoint.cmdline import Command, parse_line, scan_line
+from entrypoint.console import Log
+from entrypoint.init import Forwarding, Init, InitOptions
+from entrypoint.shutdown import (
+    StopPolicy,
+    default_term_timeout,
+    on_heroku,
+    parse_seconds,
+    parse_switch,
+)
+from entrypoint.signals import parse_rewrite
+
+# Exit statuses of our own (README "Exit status"); the pool's are in supervisor.py.
+EXIT_USAGE = 2
+EXIT_NO_POOL = 4
+
+DESCRIPTION = """\
+With COMMAND: run it as PID 1's child - reap zombies, forward signals, stop with grace.
+Without COMMAND: run the worker pool from the config file or WORKER_* variables."""
+
+EPILOG = """\
+environment:
+  TERM_TIMEOUT       --term-timeout (default 25 when $DYNO is set, else 8)
+  TERM_DELAY         --term-delay
+  TERM_SENT_TO_ALL   1/0: --term-sent-to-all / --no-term-sent-to-all (default: 1 when $DYNO is set)
+  POOL_CONFIG, RESQUE_POOL_CONFIG
+                     the pool's config file when --config is not given
+  WORKER_CONCURRENCY, WORKER_COMMAND, QUEUES
+                     a one-group pool when there is no config file
+  APP_ENV, RACK_ENV, RAILS_ENV, RESQUE_ENV
+                     the config file's environment section (first one set wins)
+  MEMORY_LIMIT       --memory-limit
+  POOL_SOCKET        --socket
+  EXIT_ON_CRASH_LOOP 1/0: --exit-on-crash-loop
+  REDIS_URL          where the default RQ workers find Redis
+
+exit status:
+  COMMAND's own status, 128+N when signal N killed it (0 for codes given to -e)
+  126/127 COMMAND is not executable / not found
+  0 the pool stopped in time      1 workers had to be KILLed at the term timeout
+  2 bad option, variable or config file
+  3 a worker group crash-looped and --exit-on-crash-loop is on
+  4 --status/--scale/--reload found no running pool"""
+
+
+class UsageError(Exception):
+    """Bad flags or environment: one line on stderr and exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="entrypoint",
+        usage="entrypoint [OPTIONS] [--] COMMAND [ARG...]\n"
+        "       entrypoint [OPTIONS]                      (the worker pool)\n"
+        "       entrypoint --check | --status [--json] | --scale GROUP=N | --reload",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    stop = parser.add_argument_group("stopping (init and pool)")
+    stop.add_argument("-t", "--term-timeout", metavar="SECONDS",
+                      help="after TERM/INT, KILL everything left this much later "
+                      "(25 on Heroku, else 8)")
+    stop.add_argument("--term-delay", metavar="SECONDS",
+                      help="wait this long before passing TERM on (drain time; "
+                      "counted inside the timeout)")
+    stop.add_argument("--term-sent-to-all", dest="term_sent_to_all", action="store_true",
+                      default=None, help="the platform TERMs every process itself: never pass "
+                      "TERM on, still KILL at the timeout (default when $DYNO is set)")
+    stop.add_argument("--no-term-sent-to-all", dest="term_sent_to_all", action="store_false",
+                      help="pass TERM on even when $DYNO is set")
+    init = parser.add_argument_group("init (with COMMAND)")
+    init.add_argument("-g", "--process-group", action="store_true",
+                      help="send signals to the child's whole process group")
+    init.add_argument("-r", "--rewrite", metavar="FROM:TO", action="append", default=[],
+                      help="pass signal FROM on as TO (names or numbers; TO 0 drops it); "
+                      "repeatable")
+    init.add_argument("-e", "--remap-exit", metavar="CODE", action="append", default=[],
+                      type=_exit_code, help="exit 0 when the child exits with CODE "
+                      "(e.g. 143); repeatable")
+    pool = parser.add_argument_group("pool (without COMMAND)")
+    pool.add_argument("-c", "--config", metavar="FILE",
+                      help="pool config file (default: $POOL_CONFIG, $RESQUE_POOL_CONFIG, "
+                      "pool.yml, config/resque-pool.yml, resque-pool.yml)")
+    pool.add_argument("--check", action="store_true",
+                      help="print the resolved pool, or every problem in the config, and exit")
+    pool.add_argument("--exit-on-crash-loop", action="store_true", default=None,
+                      help="exit 3 when a worker group keeps crashing, so the platform "
+                      "restarts the container")
+    pool.add_argument("--memory-limit", metavar="SIZE",
+                      help="the memory the pool may use (512M, 1G; default: the cgroup's)")
+    pool.add_argument("--prefix", action="store_true", default=None,
+                      help="prefix each line of worker output with group.slot")
+    pool.add_argument("--socket", metavar="PATH",
+                      help="the control socket (default /tmp/entrypoint-UID/pool.sock)")
+    control = parser.add_argument_group("steering a running pool")
+    control.add_argument("--status", action="store_true",
+                         help="show every worker: group, slot, pid, state, uptime, restarts")
+    control.add_argument("--json", action="store_true", help="with --status: print JSON")
+    control.add_argument("--scale", metavar="GROUP=N", help="set a group's worker count")
+    control.add_argument("--reload", action="store_true",
+                         help="reload the config file (as SIGHUP does)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more detail: -v lifecycle, -vv every reap and forward")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
+                        help="the program to run as our child")
+    return parser
+
+
+def _exit_code(text: str) -> int:
+    if not text.isdigit() or int(text) > 255:
+        raise argparse.ArgumentTypeError(f"expected an exit code from 0 to 255, got {text!r}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    args: argparse.Namespace
+    command: Command | None
+
+
+def parse(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
+    """Our options and the command, including Heroku's whole `run:` line in one argument."""
+    parser = build_parser()
+    if len(argv) == 1 and _is_command_line(argv[0]):
+        return _one_string(parser, [], argv[0], env)  # may start with our own options
+    args = parser.parse_args(argv)
+    words = _strip_separator(args.command)
+    if len(words) == 1 and _is_command_line(words[0]):
+        return _one_string(parser, list(argv[: len(argv) - len(args.command)]), words[0], env)
+    if not words:
+        return Invocation(args, None)
+    return Invocation(args, Command(tuple(words), via_shell=False))
+
+
+def _one_string(parser: argparse.ArgumentParser, outer: list[str], line: str,
+                env: Mapping[str, str]) -> Invocation:
+    """Heroku hands `run: "..."` over as one argument: peel our options off, keep the rest raw."""
+    scan = scan_line(line, env)
+    args = parser.parse_args(outer + [word.text for word in scan.words])
+    remainder = args.command
+    skip = 1 if remainder[:1] == ["--"] else 0
+    if len(remainder) == skip:
+        return Invocation(args, None)
+    start = scan.words[len(scan.words) - len(remainder) + skip].start
+    return Invocation(args, parse_line(line[start:], env))
+
+
+def _strip_separator(words: list[str]) -> list[str]:
+    return words[1:] if words[:1] == ["--"] else words
+
+
+def _is_command_line(word: str) -> bool:
+    """One argument holding a whole command line, not a program whose path has a space."""
+    return any(c.isspace() for c in word.strip()) and shutil.which(word) is None
+
+
+def stop_policy(args: argparse.Namespace, env: Mapping[str, str]) -> StopPolicy:
+    timeout = _from(args.term_timeout, env, "TERM_TIMEOUT", "--term-timeout", parse_seconds)
+    delay = _from(args.term_delay, env, "TERM_DELAY", "--term-delay", parse_seconds)
+    to_all = args.term_sent_to_all
+    if to_all is None and env.get("TERM_SENT_TO_ALL"):
+        to_all = _parsed(env["TERM_SENT_TO_ALL"], "TERM_SENT_TO_ALL", parse_switch)
+    return StopPolicy(
+        term_timeout=default_term_timeout(env) if timeout is None else timeout,
+        term_delay=delay or 0.0,
+        term_sent_to_all=on_heroku(env) if to_all is None else to_all,
+    )
+
+
+def _from(flag_value, env, variable, flag, parser):
+    """A flag's value, else its environment variable's, parsed; None when neither is set."""
+    if flag_value is not None:
+        return _parsed(flag_value, flag, parser)
+    if env.get(variable):
+        return _parsed(env[variable], variable, parser)
+    return None
+
+
+def _parsed(text, what, parser):
+    try:
+        return parser(text, what)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def init_options(args: argparse.Namespace, env: Mapping[str, str]) -> InitOptions:
+    rewrites = {}
+    for text in args.rewrite:
+        try:
+            source, target = parse_rewrite(text)
+        except ValueError as error:
+            raise UsageError(f"--rewrite: {error}") from None
+        rewrites[source] = target
+    return InitOptions(
+        stop=stop_policy(args, env),
+        forwarding=Forwarding(process_group=args.process_group, rewrites=rewrites),
+        remap_exit=frozenset(args.remap_exit),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    env = os.environ
+    log = Log()
+    try:
+        invocation = parse(argv, env)
+        args = invocation.args
+        log.verbosity = args.verbose
+        if invocation.command is not None:
+            options = init_options(args, env)
+            from entrypoint.spawn import mark_inherited_descriptors_cloexec
+
+            mark_inherited_descriptors_cloexec()
+            return Init(invocation.command, options, env, log).run()
+        if args.status or args.scale or args.reload:
+            return steer_pool(args, env)
+        return run_pool(args, log)
+    except UsageError as error:
+        log.error(f"{error} (see entrypoint --help)")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_pool(args: argparse.Namespace, log: Log) -> int:
+    """The pool: load the config (or the environment), then supervise; --check only reports."""
+    from pathlib import Path
+
+    from entrypoint.config import ConfigError, load_config, read_dotenv
+
+    cwd = Path.cwd()
+    try:
+        read_dotenv(cwd, os.environ)  # before anything reads the environment; never overrides it
+        stop = stop_policy(args, os.environ)
+
+        def load():
+            return load_config(args.config, os.environ, cwd)
+
+        config = load()
+    except ConfigError as error:
+        for problem in error.problems:
+            log.error(str(problem))
+        return EXIT_USAGE
+    if args.check:
+        from entrypoint.console import print_config
+
+        print_config(config, stop)
+        return 0
+    from entrypoint.console import PoolLog
+    from entrypoint.control import default_socket_path
+    from entrypoint.spawn import mark_inherited_descriptors_cloexec
+    from entrypoint.supervisor import PoolOptions, Supervisor
+
+    crash_loop_exit = args.exit_on_crash_loop
+    if crash_loop_exit is None and os.environ.get("EXIT_ON_CRASH_LOOP"):
+        crash_loop_exit = _parsed(os.environ["EXIT_ON_CRASH_LOOP"], "EXIT_ON_CRASH_LOOP", parse_switch)
+    options = PoolOptions(
+        stop=stop,
+        stop_from_flags=args.term_timeout is not None or bool(os.environ.get("TERM_TIMEOUT")),
+        socket_path=args.socket or default_socket_path(os.environ),
+        exit_on_crash_loop=bool(crash_loop_exit or config.exit_on_crash_loop),
+    )
+    mark_inherited_descriptors_cloexec()
+    return Supervisor(config, options, os.environ, PoolLog(args.verbose), load).run()
+
+
+def steer_pool(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """--status, --scale and --reload: one request to the running pool's control socket."""
+    from entrypoint.control import default_socket_path, request
+
+    path = args.socket or default_socket_path(env)
+    if args.scale:
+        group, sep, count = args.scale.rpartition("=")
+        if not sep or not count.isdigit():
+            raise UsageError(f"--scale: expected GROUP=N, got {args.scale!r}")
+        payload = {"command": "scale", "group": group, "count": int(count)}
+    else:
+        payload = {"command": "status" if args.status else "reload"}
+    try:
+        reply = request(path, payload)
+    except (OSError, ValueError) as error:
+        Log().error(f"no pool answering at {path} ({error})")
+        return EXIT_NO_POOL
+    if "error" in reply:
+        Log().error(str(reply["error"]))
+        return EXIT_USAGE
+    from entrypoint.console import print_reply
+
+    print_reply(payload["command"], reply, as_json=args.json)
+    return 0

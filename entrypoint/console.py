@@ -1,0 +1,143 @@
+"""Console output: one line per event with our prefix; rich colour and tables only where they help."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+PREFIX = "entrypoint"
+
+ERROR, WARNING, INFO, DEBUG, TRACE = range(5)
+_STYLES = {ERROR: "bold red", WARNING: "yellow", INFO: "", DEBUG: "dim", TRACE: "dim"}
+
+
+class Log:
+    """Plain lines on stderr: what the init writes, with nothing heavy imported.
+
+    Verbosity 0 shows warnings and errors, 1 (-v) adds start-up and lifecycle events,
+    2 (-vv) every reap and forward, 3 (-vvv) every signal received.
+    """
+
+    def __init__(self, verbosity: int = 0, stream: TextIO | None = None) -> None:
+        self.verbosity = verbosity
+        self.stream = stream or sys.stderr
+
+    def error(self, message: str) -> None:
+        self.emit(ERROR, f"error: {message}")
+
+    def warning(self, message: str) -> None:
+        self.emit(WARNING, f"warning: {message}")
+
+    def info(self, message: str) -> None:
+        if self.verbosity >= 1:
+            self.emit(INFO, message)
+
+    def debug(self, message: str) -> None:
+        if self.verbosity >= 2:
+            self.emit(DEBUG, message)
+
+    def trace(self, message: str) -> None:
+        if self.verbosity >= 3:
+            self.emit(TRACE, message)
+
+    def emit(self, level: int, message: str) -> None:
+        try:
+            self.stream.write(f"{PREFIX}: {message}\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed log pipe must not take the init down with it
+
+
+class PoolLog(Log):
+    """The pool's events on stdout through rich: colour on a terminal, plain text in a log drain.
+
+    The pool is the product's face, so lifecycle events show without -v; -v adds the detail.
+    """
+
+    def __init__(self, verbosity: int = 0, stream: TextIO | None = None) -> None:
+        super().__init__(verbosity + 1, stream or sys.stdout)
+        self._console = make_console(self.stream)
+
+    def emit(self, level: int, message: str) -> None:
+        from rich.text import Text
+
+        stamp = time.strftime("%H:%M:%S")
+        line = Text.assemble((f"{stamp} {PREFIX}: ", "dim"), (message, _STYLES[level]))
+        with contextlib.suppress(OSError, ValueError):
+            self._console.print(line, soft_wrap=True)
+
+
+def make_console(stream: TextIO):  # -> rich.console.Console, imported only when needed
+    from rich.console import Console
+
+    # Heroku's log drain and `docker logs` are not terminals: no colour codes, no wrapping.
+    terminal = stream.isatty()
+    return Console(file=stream, highlight=False, markup=False, soft_wrap=True,
+                   width=None if terminal else 10_000, no_color="NO_COLOR" in os.environ)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
+                stream: TextIO | None = None) -> None:
+    """A table for --check and --status: aligned on a terminal, still readable in a log."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    make_console(stream or sys.stdout).print(table)
+
+
+def print_config(config, stop) -> None:  # (PoolConfig, StopPolicy): --check's report
+    """The pool as it will run: every group, its queues, count and command, then the settings."""
+    import shlex
+
+    from entrypoint.signals import signal_name
+
+    rows = []
+    for group in config.groups:
+        count = f"auto ({group.min_count}-{group.max_count})" if group.auto else group.count
+        timeout = group.term_timeout if group.term_timeout is not None else config.term_timeout
+        rows.append((
+            group.name, ", ".join(group.queues), count, shlex.join(group.argv),
+            signal_name(group.stop_signal).removeprefix("SIG"),
+            f"{timeout if timeout is not None else stop.term_timeout:g}s",
+            " ".join(f"{k}={v}" for k, v in group.env) or "-",
+        ))
+    env = f", environment {config.app_env}" if config.app_env else ""
+    print_table(f"pool from {config.source}{env}",
+                ("group", "queues", "count", "command", "stop", "term timeout", "env"), rows)
+    settings = (
+        f"spawn delay {config.spawn_delay:g}s; backoff {config.backoff_min:g}s-"
+        f"{config.backoff_max:g}s (reset after {config.backoff_reset:g}s); "
+        f"term delay {stop.term_delay:g}s; TERM from the platform: "
+        f"{'yes' if stop.term_sent_to_all else 'no'}; exit on crash loop: "
+        f"{'yes' if config.exit_on_crash_loop else 'no'}"
+    )
+    print(settings)
+
+
+def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
+    """What the running pool answered to --status, --scale or --reload."""
+    import json
+
+    if as_json or command != "status":
+        print(json.dumps(reply, indent=2 if as_json else None))
+        return
+    rows = [
+        (w["group"], w["slot"], w["pid"] or "-", w["state"],
+         f"{w['uptime']:.0f}s" if w["uptime"] is not None else "-", w["restarts"],
+         w["last_exit"] or "-")
+        for w in reply["workers"]
+    ]
+    title = f"pool {reply['pool_id']} (manager pid {reply['manager_pid']})"
+    if reply.get("stopping"):
+        title += ": stopping"
+    elif reply.get("paused"):
+        title += ": paused (WINCH; HUP resumes)"
+    print_table(title, ("group", "slot", "pid", "state", "uptime", "restarts", "last exit"), rows)

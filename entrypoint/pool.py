@@ -1,0 +1,190 @@
+"""The pool's decisions: which workers should run, which to start, stop or back off, as plain functions."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from entrypoint.config import Group, PoolConfig
+
+# This many quick exits in a row make a group "crash-looping": reported once, loudly.
+CRASH_LOOP_AFTER = 5
+
+SlotKey = tuple[str, int]  # (group name, slot number from 1)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Per-slot exponential backoff: min, 2*min, 4*min ... up to max, reset by a long enough life."""
+
+    minimum: float = 1.0
+    maximum: float = 60.0
+    reset_after: float = 30.0
+
+    def delay(self, failures: int, jitter: float) -> float:
+        """Seconds to wait after `failures` quick exits in a row; jitter in [0, 1) spreads +-25%."""
+        if failures <= 0:
+            return 0.0
+        base = min(self.maximum, self.minimum * 2 ** min(failures - 1, 32))
+        return min(self.maximum, base * (0.75 + 0.5 * jitter))
+
+    @classmethod
+    def from_config(cls, config: PoolConfig) -> Backoff:
+        return cls(config.backoff_min, config.backoff_max, config.backoff_reset)
+
+
+@dataclass
+class Worker:
+    """One process we started, and what we asked of it."""
+
+    group: str
+    slot: int
+    pid: int
+    spec: Group
+    started: float
+    stop_sent: float | None = None  # when we asked it to stop (or decided to)
+    kill_at: float | None = None  # when it gets KILL if still alive
+
+    @property
+    def key(self) -> SlotKey:
+        return (self.group, self.slot)
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}.{self.slot}"
+
+
+@dataclass(frozen=True)
+class SlotHistory:
+    """What the pool remembers about a slot across its workers' lives."""
+
+    restarts: int = 0
+    failures: int = 0  # quick exits in a row
+    not_before: float = 0.0  # backoff: no new worker before this time
+    last_exit: str | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    spec: Group
+    slot: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    worker: Worker
+    reason: str
+
+
+def same_definition(a: Group, b: Group) -> bool:
+    """Whether a running worker still matches its group: everything but the count matters."""
+    ignore = {"count": 0, "min_count": 0, "max_count": 0}
+    return dataclasses.replace(a, **ignore) == dataclasses.replace(b, **ignore)
+
+
+def plan(
+    desired: Mapping[str, tuple[Group, int]],
+    workers: Iterable[Worker],
+    history: Mapping[SlotKey, SlotHistory],
+    now: float,
+) -> list[Start | Stop]:
+    """What to do now to move from `workers` towards `desired` (group -> (definition, count)).
+
+    A slot holds one worker at a time: after a reload the new worker starts when the old one
+    has exited, so a changed group is replaced one worker at a time and never runs twice over.
+    """
+    actions: list[Start | Stop] = []
+    occupied = set()
+    for worker in workers:
+        occupied.add(worker.key)
+        if worker.stop_sent is not None:
+            continue
+        wanted = desired.get(worker.group)
+        if wanted is None:
+            actions.append(Stop(worker, "group removed"))
+        elif worker.slot > wanted[1]:
+            actions.append(Stop(worker, "scaled down"))
+        elif not same_definition(worker.spec, wanted[0]):
+            actions.append(Stop(worker, "definition changed"))
+    for name, (spec, count) in desired.items():
+        for slot in range(1, count + 1):
+            key = (name, slot)
+            if key not in occupied and history.get(key, SlotHistory()).not_before <= now:
+                actions.append(Start(spec, slot))
+    return actions
+
+
+def after_exit(
+    before: SlotHistory, lived: float, expected: bool, now: float, backoff: Backoff,
+    jitter: float, description: str,
+) -> SlotHistory:
+    """The slot's history once its worker has exited after `lived` seconds.
+
+    An exit we asked for costs nothing. Any other exit after a short life (crash, or a worker
+    that simply returns at once) counts as a failure and pushes the next start back.
+    """
+    if expected:
+        return dataclasses.replace(before, last_exit=description)
+    failures = 0 if lived >= backoff.reset_after else before.failures + 1
+    return SlotHistory(
+        restarts=before.restarts + 1,
+        failures=failures,
+        not_before=now + backoff.delay(failures, jitter),
+        last_exit=description,
+    )
+
+
+def after_spawn_failure(before: SlotHistory, now: float, backoff: Backoff, description: str,
+                        *, hopeless: bool) -> SlotHistory:
+    """A start that failed: a command that cannot run waits the longest, fork trouble backs off."""
+    failures = max(before.failures + 1, CRASH_LOOP_AFTER if hopeless else 0)
+    delay = backoff.maximum if hopeless else backoff.delay(failures, 0.5)
+    return SlotHistory(before.restarts, failures, now + delay, description)
+
+
+def crash_looping(history: SlotHistory) -> bool:
+    return history.failures >= CRASH_LOOP_AFTER
+
+
+def scaled(desired: Mapping[str, tuple[Group, int]], step: int) -> dict[str, tuple[Group, int]]:
+    """TTIN/TTOU: one worker more or fewer in each group, never below zero."""
+    return {name: (spec, max(0, count + step)) for name, (spec, count) in desired.items()}
+
+
+def overdue(workers: Iterable[Worker], now: float) -> list[Worker]:
+    """Workers whose grace has run out."""
+    return [w for w in workers if w.kill_at is not None and w.kill_at <= now]
+
+
+def next_wakeup(
+    desired: Mapping[str, tuple[Group, int]],
+    workers: Iterable[Worker],
+    history: Mapping[SlotKey, SlotHistory],
+    now: float,
+) -> float | None:
+    """The earliest moment a plan could change on its own: a backoff ending or a grace running out."""
+    moments = [w.kill_at for w in workers if w.kill_at is not None]
+    occupied = {w.key for w in workers}
+    for name, (_spec, count) in desired.items():
+        for slot in range(1, count + 1):
+            waiting_until = history.get((name, slot), SlotHistory()).not_before
+            if (name, slot) not in occupied and waiting_until > now:
+                moments.append(waiting_until)
+    return min(moments, default=None)
+
+
+def reload_diff(old: Mapping[str, tuple[Group, int]], new: Mapping[str, tuple[Group, int]]) -> list[str]:
+    """One phrase per change, for the reload's log line."""
+    changes = []
+    for name, (spec, count) in new.items():
+        if name not in old:
+            changes.append(f"+{name} ({count})")
+            continue
+        old_spec, old_count = old[name]
+        if not same_definition(old_spec, spec):
+            changes.append(f"~{name} (definition changed, replacing {old_count}->{count})")
+        elif old_count != count:
+            changes.append(f"{name} {old_count}->{count}")
+    changes.extend(f"-{name}" for name in old if name not in new)
+    return changes

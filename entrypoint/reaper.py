@@ -1,0 +1,108 @@
+"""Reaping: collect every child's exit status, adopt orphans, and find and kill what is left."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from collections.abc import Iterable, Iterator
+
+from entrypoint.signals import signal_name
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make orphans of our descendants come to us when something else is PID 1.
+
+    Under `docker run --init`, compose `init: true` or Kubernetes' pause process we are not
+    PID 1; as a child subreaper we still adopt and reap every orphan below us. Returns whether
+    the kernel agreed (it always does on Linux >= 3.4).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def reap() -> list[tuple[int, int]]:
+    """Every child that has exited, as (pid, wait status), without blocking.
+
+    The only waitpid in the program: it takes every child, so statuses are routed by pid to
+    whoever started the child and none is stolen (never mix this with subprocess).
+    """
+    exited = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return exited
+        if pid == 0:
+            return exited
+        exited.append((pid, status))
+
+
+def exit_code(status: int) -> int:
+    """The shell's convention: the exit code, or 128+N when signal N killed the process."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def describe(status: int) -> str:
+    """'exited with status 3' or 'killed by SIGKILL', for one log line."""
+    if os.WIFSIGNALED(status):
+        core = " (core dumped)" if os.WCOREDUMP(status) else ""
+        return f"killed by {signal_name(os.WTERMSIG(status))}{core}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+def _process_table(proc: str = "/proc") -> Iterator[tuple[int, int, str]]:
+    """(pid, ppid, state) for every process we can see."""
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat", "rb") as stat:
+                text = stat.read().decode("ascii", "replace")
+        except OSError:
+            continue  # exited while we looked
+        # comm (field 2) may hold spaces and parentheses; the fields after the last ')' do not
+        fields = text[text.rfind(")") + 2 :].split()
+        yield int(entry), int(fields[1]), fields[0]
+
+
+def descendants(root: int | None = None) -> set[int]:
+    """Live (non-zombie) processes below `root` (default: us), however deep."""
+    root = os.getpid() if root is None else root
+    children: dict[int, list[int]] = {}
+    alive = set()
+    for pid, ppid, state in _process_table():
+        children.setdefault(ppid, []).append(pid)
+        if state not in ("Z", "X"):
+            alive.add(pid)
+    found = set()
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found & alive
+
+
+def send(pids: Iterable[int], signum: int) -> list[int]:
+    """Signal each pid (a negative one is a process group); returns those that still existed."""
+    reached = []
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            continue  # a setuid child we may not signal; the final sweep still waits for it
+        reached.append(pid)
+    return reached
+
+
+def kill_everything_below(extra_groups: Iterable[int] = ()) -> None:
+    """SIGKILL the given process groups and every live descendant, the last step of a stop."""
+    send([-group for group in extra_groups], signal.SIGKILL)
+    send(descendants(), signal.SIGKILL)

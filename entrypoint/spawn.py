@@ -1,0 +1,115 @@
+"""Spawning a child: fork, give it clean signals, descriptors and its own process group, then exec or call."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from entrypoint.signals import restore_defaults
+
+# What a child runs: a command line to exec, or (for workers forked from a preloaded app)
+# a Python callable whose return value is the exit status.
+Target = Sequence[str] | Callable[[], int]
+
+NOT_FOUND = 127
+NOT_EXECUTABLE = 126
+
+
+class SpawnError(Exception):
+    """The command could not be started; `code` is the shell's 127 or 126."""
+
+    def __init__(self, command: str, error: int) -> None:
+        self.command = command
+        self.errno = error
+        self.code = NOT_FOUND if error == errno.ENOENT else NOT_EXECUTABLE
+        reason = "command not found" if self.code == NOT_FOUND else os.strerror(error)
+        super().__init__(f"{command}: {reason}")
+
+
+@dataclass(frozen=True)
+class Child:
+    pid: int
+
+    @property
+    def group(self) -> int:
+        """Each child leads its own process group, so the group id is its pid."""
+        return self.pid
+
+
+def mark_inherited_descriptors_cloexec() -> None:
+    """Descriptors we inherited above 2 must not leak into our children (catatonit closes them)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                continue  # the descriptor of the listing itself, already closed
+
+
+def controlling_terminal() -> int | None:
+    """Our stdin when it is a terminal we can hand to a child, else None."""
+    try:
+        if os.isatty(0) and os.tcgetpgrp(0) >= 0:
+            return 0
+    except OSError:
+        return None
+    return None
+
+
+def spawn(target: Target, env: Mapping[str, str] | None = None, *, terminal: int | None = None) -> Child:
+    """Start `target` in a new process group; raise SpawnError when the command cannot be exec'd.
+
+    A pipe closed on exec tells us whether exec worked, so "not found" is known at once
+    instead of being guessed later from an exit status of 127.
+    """
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        _become(target, env, terminal, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as report:
+        failure = report.read()
+    if failure:
+        os.waitpid(pid, 0)  # ours alone: it exited at once and nobody else waits for it
+        command = target[0] if isinstance(target, Sequence) else repr(target)
+        raise SpawnError(command, int(failure))
+    return Child(pid)
+
+
+def _take_terminal(terminal: int) -> None:
+    """Become the terminal's foreground group, so Ctrl-C, Ctrl-Z and job control reach us."""
+    # Signals are still blocked here, so taking the foreground cannot stop us (SIGTTOU).
+    # Not our session's terminal after all? Then the child runs in its background.
+    with contextlib.suppress(OSError):
+        os.tcsetpgrp(terminal, os.getpid())
+
+
+def _become(target: Target, env: Mapping[str, str] | None, terminal: int | None, report: int) -> None:
+    """In the child: never returns; any failure becomes exit status 126/127 and a report."""
+    try:
+        os.setpgid(0, 0)
+        if terminal is not None:
+            _take_terminal(terminal)
+        os.closerange(3, report)
+        os.closerange(report + 1, 65536)
+        restore_defaults()
+        if callable(target):
+            os.close(report)
+            code = target()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code if isinstance(code, int) else 0)
+        if env is None:
+            os.execvp(target[0], list(target))
+        else:
+            os.execvpe(target[0], list(target), dict(env))
+    except OSError as error:
+        os.write(report, str(error.errno or errno.EACCES).encode())
+        os._exit(NOT_FOUND if error.errno == errno.ENOENT else NOT_EXECUTABLE)
+    except BaseException:
+        os._exit(1)

@@ -1,0 +1,396 @@
+"""The pool's supervision loop: one thread, one select, signals and requests queued, decisions from pool.py."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from entrypoint import pool, reaper
+from entrypoint.config import ConfigError, Group, PoolConfig
+from entrypoint.console import Log
+from entrypoint.control import ControlServer
+from entrypoint.init import prepare_process
+from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
+from entrypoint.shutdown import STOP_SIGNALS, StopPolicy
+from entrypoint.signals import Received, signal_name
+from entrypoint.spawn import SpawnError, spawn
+
+EXIT_OK = 0
+EXIT_KILLED_AT_DEADLINE = 1
+EXIT_CRASH_LOOP = 3
+
+PASSED_TO_WORKERS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT})
+KILL_RETRY_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    stop: StopPolicy  # from flags and env; a group's own term_timeout wins for its workers
+    stop_from_flags: bool  # --term-timeout/TERM_TIMEOUT given: the file's global value yields
+    socket_path: str | None
+    exit_on_crash_loop: bool
+
+
+def desired_counts(config: PoolConfig) -> dict[str, tuple[Group, int]]:
+    """Group -> (definition, how many); an `auto` group starts at its minimum."""
+    return {g.name: (g, g.min_count if g.auto else g.count or 0) for g in config.groups}
+
+
+def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str) -> dict[str, str]:
+    env = dict(base)
+    env.update(spec.env)
+    env.update(
+        QUEUES=",".join(spec.queues),
+        POOL_GROUP=spec.name,
+        POOL_SLOT=str(slot),
+        POOL_WORKER=f"{spec.name}.{slot}",
+        POOL_ID=pool_id,
+    )
+    return env
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: PoolConfig,
+        options: PoolOptions,
+        env: Mapping[str, str],
+        log: Log,
+        reload_config: Callable[[], PoolConfig],
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.env = dict(env)
+        self.log = log
+        self.reload_config = reload_config
+        self.pool_id = f"{env.get('DYNO') or socket.gethostname()}:{os.getpid()}"
+        self.backoff = Backoff.from_config(config)
+        self.desired = desired_counts(config)
+        self.workers: dict[int, Worker] = {}
+        self.history: dict[pool.SlotKey, SlotHistory] = {}
+        self.reported_loops: set[str] = set()
+        self.paused = False  # WINCH: no workers until HUP
+        self.stopping = False
+        self.stop_deadline: float | None = None  # None while stopping = QUIT: wait for ever
+        self.stop_started = 0.0
+        self.leftovers_deadline: float | None = None
+        self.killed_any = False
+        self.exit_status = EXIT_OK
+        self.last_spawn = float("-inf")
+        self.random = random.Random()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        inbox = prepare_process(self.log)
+        control = self._open_control()
+        self.log_startup()
+        sources: list = [inbox] + ([control] if control else [])
+        while True:
+            now = time.monotonic()
+            self.step(now)
+            if self.stopping and self.all_gone(now):
+                break
+            timeout = self.seconds_to_next_wakeup(now)
+            ready, _, _ = select.select(sources, [], [], timeout)
+            if inbox in ready:
+                for received in inbox.read():
+                    self.on_signal(received)
+            self.on_children_exited(reaper.reap())
+            if control is not None and control in ready:
+                control.serve_pending(self.on_request)
+        if control is not None:
+            control.close()
+        inbox.close()
+        self.log_shutdown()
+        return self.exit_status
+
+    def _open_control(self) -> ControlServer | None:
+        if not self.options.socket_path:
+            return None
+        try:
+            return ControlServer(self.options.socket_path)
+        except OSError as error:
+            self.log.warning(f"control socket unavailable ({error}); --status will not work")
+            return None
+
+    def effective_desired(self) -> dict[str, tuple[Group, int]]:
+        return {} if self.paused or self.stopping else self.desired
+
+    def step(self, now: float) -> None:
+        """Carry out what pool.plan decides, then KILL whoever outstayed its grace."""
+        for action in pool.plan(self.effective_desired(), self.workers.values(), self.history, now):
+            if isinstance(action, Stop):
+                self.stop_worker(action.worker, now, action.reason)
+            elif now - self.last_spawn >= self.config.spawn_delay:
+                self.start_worker(action, now)
+        for worker in pool.overdue(self.workers.values(), now):
+            self.kill_worker(worker, now)
+
+    def seconds_to_next_wakeup(self, now: float) -> float | None:
+        moments = [pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now)]
+        moments.append(self.leftovers_deadline)
+        if self.config.spawn_delay and pool.plan(
+            self.effective_desired(), self.workers.values(), self.history, now
+        ):
+            moments.append(self.last_spawn + self.config.spawn_delay)
+        pending = [m for m in moments if m is not None]
+        return max(0.0, min(pending) - now) if pending else None
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def start_worker(self, action: Start, now: float) -> None:
+        spec, slot = action.spec, action.slot
+        key = (spec.name, slot)
+        history = self.history.get(key, SlotHistory())
+        try:
+            child = spawn(spec.argv, worker_env(self.env, spec, slot, self.pool_id))
+        except SpawnError as error:
+            self.history[key] = pool.after_spawn_failure(history, now, self.backoff, str(error),
+                                                         hopeless=True)
+            self.report_unrunnable(spec, error)
+            return
+        except OSError as error:  # fork itself failed: EAGAIN (pids limit) or ENOMEM
+            self.history[key] = pool.after_spawn_failure(history, now, self.backoff,
+                                                         f"fork failed: {error.strerror}",
+                                                         hopeless=False)
+            delay = self.history[key].not_before - now
+            self.log.warning(f"{spec.name}.{slot}: cannot fork ({error.strerror}); "
+                             f"retrying in {delay:.1f}s")
+            return
+        self.last_spawn = now
+        self.workers[child.pid] = Worker(spec.name, slot, child.pid, spec, now)
+        self.log.info(f"spawned {spec.name}.{slot} pid {child.pid}")
+
+    def report_unrunnable(self, spec: Group, error: SpawnError) -> None:
+        if spec.name not in self.reported_loops:
+            self.reported_loops.add(spec.name)
+            self.log.error(
+                f"group {spec.name}: {error} (exit {error.code}): a configuration error, "
+                f"not a crash; retrying every {self.backoff.maximum:g}s"
+            )
+            self.on_crash_loop()
+
+    def stop_worker(self, worker: Worker, now: float, reason: str) -> None:
+        worker.stop_sent = now
+        worker.kill_at = now + self.term_timeout(worker.spec)
+        signum = worker.spec.stop_signal
+        # Only the worker, not its group: a TERM reaching RQ's work-horse kills the running job.
+        reaper.send([worker.pid], signum)
+        self.log.info(f"stopping {worker.name} pid {worker.pid} ({reason}): {signal_name(signum)}")
+
+    def kill_worker(self, worker: Worker, now: float) -> None:
+        if worker.kill_at is not None and worker.stop_sent is not None:
+            self.log.warning(f"{worker.name} pid {worker.pid} still running after "
+                             f"{now - worker.stop_sent:.1f}s: KILL")
+        self.killed_any = True
+        reaper.send([-worker.pid, worker.pid], signal.SIGKILL)
+        worker.kill_at = now + KILL_RETRY_SECONDS
+
+    def term_timeout(self, spec: Group | None = None) -> float:
+        """A group's own timeout, else the file's (unless given by flag or env), else the default."""
+        if spec is not None and spec.term_timeout is not None:
+            return spec.term_timeout
+        if not self.options.stop_from_flags and self.config.term_timeout is not None:
+            return self.config.term_timeout
+        return self.options.stop.term_timeout
+
+    def on_children_exited(self, exited: list[tuple[int, int]]) -> None:
+        now = time.monotonic()
+        for pid, status in exited:
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                self.log.debug(f"reaped orphan {pid} ({reaper.describe(status)})")
+                continue
+            lived = now - worker.started
+            description = f"{reaper.describe(status)} after {lived:.1f}s"
+            history = pool.after_exit(
+                self.history.get(worker.key, SlotHistory()), lived,
+                expected=worker.stop_sent is not None, now=now, backoff=self.backoff,
+                jitter=self.random.random(), description=description,
+            )
+            self.history[worker.key] = history
+            if worker.stop_sent is not None:
+                self.log.info(f"{worker.name} pid {pid} stopped: {description}")
+                continue
+            wait = max(0.0, history.not_before - now)
+            self.log.warning(f"{worker.name} pid {pid} {description}; restarting"
+                             + (f" in {wait:.1f}s" if wait else ""))
+            if history.failures == 0:
+                self.reported_loops.discard(worker.group)
+            elif pool.crash_looping(history) and worker.group not in self.reported_loops:
+                self.reported_loops.add(worker.group)
+                self.log.error(
+                    f"group {worker.group} is crash-looping: {worker.name} {description}, "
+                    f"{history.failures} quick exits in a row; backing off up to "
+                    f"{self.backoff.maximum:g}s between starts"
+                )
+                self.on_crash_loop()
+
+    def on_crash_loop(self) -> None:
+        if self.options.exit_on_crash_loop and not self.stopping:
+            self.log.error("--exit-on-crash-loop: stopping the pool (exit 3)")
+            self.begin_stop(signal.SIGTERM, deadline=True, from_platform=False)
+            self.exit_status = EXIT_CRASH_LOOP
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def begin_stop(self, signum: int, *, deadline: bool, from_platform: bool) -> None:
+        """Graceful stop: each worker gets its stop signal and, with a deadline, KILL after it."""
+        now = time.monotonic()
+        self.stopping = True
+        self.stop_started = now
+        self.log.info(f"{signal_name(signum)}: stopping {len(self.workers)} worker(s)"
+                      + ("" if deadline else " with no deadline (QUIT)"))
+        skip_term = from_platform and self.options.stop.term_sent_to_all
+        for worker in self.workers.values():
+            if worker.stop_sent is not None:
+                continue
+            worker.stop_sent = now
+            worker.kill_at = now + self.term_timeout(worker.spec) if deadline else None
+            if skip_term and worker.spec.stop_signal == signal.SIGTERM:
+                continue  # the platform's own TERM already reached it; a second one is a cold stop
+            reaper.send([worker.pid], worker.spec.stop_signal)
+
+    def stop_now(self) -> None:
+        self.log.warning("second stop signal: KILL every worker now")
+        self.stopping = True
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            self.kill_worker(worker, now)
+        reaper.kill_everything_below()
+
+    def all_gone(self, now: float) -> bool:
+        """Workers are gone; give their leftovers TERM, the grace, then KILL. True when none is left."""
+        if self.workers:
+            return False
+        leftovers = reaper.descendants()
+        if not leftovers:
+            return True
+        if self.leftovers_deadline is None:
+            self.leftovers_deadline = now + self.term_timeout()
+            self.log.info(f"{len(leftovers)} process(es) left behind by workers: TERM")
+            reaper.send(leftovers, signal.SIGTERM)
+        elif now >= self.leftovers_deadline:
+            self.killed_any = True
+            reaper.send(leftovers, signal.SIGKILL)
+            self.leftovers_deadline = now + KILL_RETRY_SECONDS
+        return False
+
+    # -- signals and requests ------------------------------------------------------------------
+
+    def on_signal(self, received: Received) -> None:
+        signum = received.signum
+        self.log.trace(f"received {signal_name(signum)} from pid {received.sender}")
+        if signum in STOP_SIGNALS:
+            if self.stopping and self.stop_deadline is not None:
+                self.stop_now()
+                return
+            self.stop_deadline = time.monotonic() + self.term_timeout()
+            self.begin_stop(signum, deadline=True, from_platform=signum == signal.SIGTERM)
+        elif signum == signal.SIGQUIT:
+            if not self.stopping:
+                self.begin_stop(signum, deadline=False, from_platform=False)
+        elif signum == signal.SIGHUP:
+            self.reload()
+        elif signum in (signal.SIGTTIN, signal.SIGTTOU):
+            self.scale_all(1 if signum == signal.SIGTTIN else -1)
+        elif signum == signal.SIGWINCH:
+            self.paused = True
+            self.log.info("WINCH: stopping all workers, the manager stays (HUP brings them back)")
+        elif signum in PASSED_TO_WORKERS:
+            reaper.send(list(self.workers), signum)
+            self.log.debug(f"passed {signal_name(signum)} to {len(self.workers)} worker(s)")
+
+    def reload(self) -> dict:
+        if self.stopping:
+            return {"error": "the pool is stopping"}
+        try:
+            config = self.reload_config()
+        except ConfigError as error:
+            for problem in error.problems:
+                self.log.error(str(problem))
+            self.log.error("reload failed: the running pool is unchanged")
+            return {"error": str(error)}
+        new = desired_counts(config)
+        changes = pool.reload_diff(self.desired, new)
+        self.config, self.desired = config, new
+        self.backoff = Backoff.from_config(config)
+        self.reported_loops.clear()
+        self.paused = False
+        self.log.info("reload: " + (", ".join(changes) if changes else "no change"))
+        return {"ok": True, "changes": changes}
+
+    def scale_all(self, step: int) -> None:
+        self.desired = pool.scaled(self.desired, step)
+        counts = ", ".join(f"{name}={count}" for name, (_, count) in self.desired.items())
+        self.log.info(f"{'TTIN' if step > 0 else 'TTOU'}: {counts}")
+
+    def on_request(self, request: dict) -> dict:
+        command = request.get("command")
+        if command == "ping":
+            return {"ok": True}
+        if command == "status":
+            return self.status()
+        if command == "reload":
+            return self.reload()
+        if command == "scale":
+            group, count = request.get("group"), request.get("count")
+            if group not in self.desired:
+                return {"error": f"no group {group!r}; groups: {', '.join(self.desired)}"}
+            if not isinstance(count, int) or not 0 <= count <= 1000:
+                return {"error": "count: expected a whole number from 0 to 1000"}
+            spec, old = self.desired[group]
+            self.desired[group] = (spec, count)
+            self.log.info(f"scale: {group} {old}->{count}")
+            return {"ok": True}
+        return {"error": f"unknown command {command!r}"}
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        running = {w.key: w for w in self.workers.values()}
+        rows = []
+        keys = set(running) | {(name, slot) for name, (_, count) in self.effective_desired().items()
+                               for slot in range(1, count + 1)}
+        for key in sorted(keys):
+            worker = running.get(key)
+            history = self.history.get(key, SlotHistory())
+            if worker is not None:
+                state = "stopping" if worker.stop_sent is not None else "running"
+            elif history.not_before > now:
+                state = f"backoff {history.not_before - now:.0f}s"
+            else:
+                state = "starting"
+            rows.append({
+                "group": key[0], "slot": key[1], "pid": worker.pid if worker else None,
+                "state": state, "uptime": round(now - worker.started, 1) if worker else None,
+                "restarts": history.restarts, "last_exit": history.last_exit,
+            })
+        return {
+            "pool_id": self.pool_id, "manager_pid": os.getpid(),
+            "stopping": self.stopping, "paused": self.paused, "workers": rows,
+        }
+
+    # -- output --------------------------------------------------------------------------------
+
+    def log_startup(self) -> None:
+        total = sum(count for _, count in self.desired.values())
+        env = f" ({self.config.app_env})" if self.config.app_env else ""
+        self.log.info(
+            f"pool {self.pool_id}: {len(self.desired)} group(s), {total} worker(s) from "
+            f"{self.config.source}{env}; term timeout {self.term_timeout():g}s"
+            + ("; TERM comes from the platform" if self.options.stop.term_sent_to_all else "")
+        )
+
+    def log_shutdown(self) -> None:
+        took = time.monotonic() - self.stop_started
+        outcome = "some had to be KILLed" if self.killed_any else "all stopped in time"
+        self.log.info(f"pool stopped in {took:.2f}s: {outcome}")
+        if self.killed_any and self.exit_status == EXIT_OK:
+            self.exit_status = EXIT_KILLED_AT_DEADLINE

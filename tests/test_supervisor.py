@@ -1,0 +1,319 @@
+"""The pool with real worker processes, real signals and a real PID namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PROGRAMS, Runner, wait_for
+
+from entrypoint.control import request
+
+WORKER = [sys.executable, str(PROGRAMS / "worker.py"), "{queues}"]
+ARTICLE = "send_welcome_email: 5\ncrunch_data: 10\n"
+
+
+class Pool:
+    """A running pool and what its workers wrote about themselves."""
+
+    def __init__(self, runner: Runner, tmp_path: Path, config: str, *args: str,
+                 namespace: bool = False, settings: str = "", **env: str) -> None:
+        self.tmp_path = tmp_path
+        self.log = tmp_path / "workers.jsonl"
+        self.socket = str(tmp_path / "pool.sock")
+        self.config = tmp_path / "pool.yml"
+        self.settings = settings
+        self.write_config(config)
+        environment = runner.env(WORKER_LOG=str(self.log), **env)
+        self.process = runner.start(["-v", "--socket", self.socket, *args], env=environment,
+                                    namespace=namespace)
+        self.pid = runner.init_pid(self.process) if namespace else self.process.pid
+
+    def write_config(self, text: str) -> None:
+        command = json.dumps(WORKER)
+        self.config.write_text(
+            text + f"pool:\n  command: {command}\n  term_timeout: 3\n{self.settings}"
+        )
+
+    def events(self, event: str | None = None, role: str | None = "worker") -> list[dict]:
+        if not self.log.exists():
+            return []
+        records = [json.loads(line) for line in self.log.read_text().splitlines() if line]
+        return [r for r in records
+                if (event is None or r["event"] == event) and (role is None or r["role"] == role)]
+
+    def status(self) -> dict:
+        return request(self.socket, {"command": "status"})
+
+    def running(self) -> dict[str, int]:
+        """worker name -> pid, for workers that are running and have started their program."""
+        started = {r["pid"] for r in self.events("start")}
+        return {f"{w['group']}.{w['slot']}": w["pid"] for w in self.status()["workers"]
+                if w["state"] == "running" and w["pid"] in started}
+
+    def wait_running(self, count: int, timeout: float = 15) -> dict[str, int]:
+        def ready():
+            try:
+                running = self.running()
+            except OSError:
+                return None
+            return running if len(running) == count else None
+        return wait_for(ready, timeout, f"{count} running workers")
+
+    def kill(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def finish(self, timeout: float = 20) -> tuple[int, str]:
+        try:
+            out, err = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the pool did not exit within {timeout}s")
+        return self.process.returncode, out + err
+
+
+def signals_to(pool: Pool, pid: int) -> list[int]:
+    return [r["signum"] for r in pool.events("signal", role=None) if r["pid"] == pid]
+
+
+def test_article_example_runs_fifteen_workers_with_their_queue_slot_and_pool_id(runner, tmp_path):
+    pool = Pool(runner, tmp_path, ARTICLE)
+    running = pool.wait_running(15)
+    starts = {r["worker"]: r for r in pool.events("start")}
+    assert sorted(running) == sorted(
+        [f"send_welcome_email.{i}" for i in range(1, 6)] + [f"crunch_data.{i}" for i in range(1, 11)]
+    )
+    assert starts["crunch_data.7"]["queues"] == "crunch_data"
+    assert starts["crunch_data.7"]["slot"] == "7"
+    assert starts["crunch_data.7"]["argv"] == ["crunch_data"]
+    assert len({r["pool"] for r in starts.values()}) == 1
+    assert all(r["pgid"] == r["pid"] for r in starts.values()), "each worker leads its own group"
+    pool.kill(signal.SIGTERM)
+    code, output = pool.finish()
+    assert code == 0, output
+    assert "all stopped in time" in output
+
+
+def test_star_count_from_environment_variable(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "'*': ${WORKER_CONCURRENCY}\n", WORKER_CONCURRENCY="3")
+    pool.wait_running(3)
+    assert {r["queues"] for r in pool.events("start")} == {"*"}
+    pool.kill(signal.SIGTERM)
+    assert pool.finish()[0] == 0
+
+
+def test_killed_worker_is_replaced_in_the_same_slot(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "q: 4\n")
+    before = pool.wait_running(4)
+    os.kill(before["q.3"], signal.SIGKILL)
+    os.kill(before["q.1"], signal.SIGKILL)
+    after = wait_for(lambda: (r := pool.running()) and len(r) == 4
+                     and r["q.3"] != before["q.3"] and r["q.1"] != before["q.1"] and r, 10,
+                     "replacements")
+    assert after["q.2"] == before["q.2"] and after["q.4"] == before["q.4"]
+    slots = {r["pid"]: r["slot"] for r in pool.events("start")}
+    assert slots[after["q.3"]] == "3"
+    pool.kill(signal.SIGTERM)
+    assert pool.finish()[0] == 0
+
+
+def test_term_reaches_the_worker_but_not_its_process_group(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "q: 1\n", WORKER_HELPER="1", WORKER_ON_TERM="1.5")
+    worker = pool.wait_running(1)["q.1"]
+    helper = wait_for(lambda: pool.events("start", role="helper"), 10, "the helper")[0]["pid"]
+    pool.kill(signal.SIGTERM)
+    wait_for(lambda: signals_to(pool, worker), 10, "TERM at the worker")
+    assert signals_to(pool, helper) == [], "a TERM to RQ's work-horse would kill the job"
+    code, output = pool.finish()
+    assert signals_to(pool, worker) == [signal.SIGTERM]
+    # Once the worker is gone, what it left behind gets TERM from the final sweep.
+    assert signals_to(pool, helper) == [signal.SIGTERM]
+    assert "1 process(es) left behind by workers: TERM" in output
+    assert code == 0, output
+
+
+def test_worker_ignoring_term_is_killed_at_the_term_timeout_and_exit_is_1(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "q: 2\n", WORKER_ON_TERM="ignore")
+    pool.wait_running(2)
+    started = time.monotonic()
+    pool.kill(signal.SIGTERM)
+    code, output = pool.finish()
+    took = time.monotonic() - started
+    assert code == 1, output
+    assert 2.5 < took < 10, took
+    assert "KILL" in output
+
+
+def test_second_term_stops_now(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "q: 2\n", WORKER_ON_TERM="ignore")
+    workers = pool.wait_running(2)
+    pool.kill(signal.SIGTERM)
+    wait_for(lambda: all(signals_to(pool, pid) for pid in workers.values()), 10, "first TERM")
+    started = time.monotonic()
+    pool.kill(signal.SIGINT)
+    code, output = pool.finish()
+    assert time.monotonic() - started < 2.5, "the second signal must not wait for the timeout"
+    assert code == 1, output
+    assert "second stop signal: KILL every worker now" in output
+
+
+def test_quit_waits_with_no_deadline(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "q: 1\n", WORKER_ON_TERM="4")  # longer than term_timeout 3
+    pool.wait_running(1)
+    pool.kill(signal.SIGQUIT)
+    code, output = pool.finish()
+    assert code == 0, output
+    assert [r["event"] for r in pool.events()][-1] == "exit", "the job was allowed to finish"
+
+
+def test_hup_replaces_only_changed_groups_and_a_broken_file_changes_nothing(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "a: 2\nb: 2\n")
+    before = pool.wait_running(4)
+    pool.write_config("a: 2\nb:\n  count: 3\n  env: {FLAVOUR: new}\n")
+    pool.kill(signal.SIGHUP)
+    after = wait_for(lambda: (r := pool.running()) and len(r) == 5
+                     and r["b.1"] != before["b.1"] and r["b.2"] != before["b.2"] and r, 15,
+                     "group b replaced")
+    assert after["a.1"] == before["a.1"] and after["a.2"] == before["a.2"]
+    assert signals_to(pool, before["a.1"]) == []
+    pool.config.write_text("a: [not, a, count\n")
+    pool.kill(signal.SIGHUP)
+    time.sleep(0.5)  # give a wrong reload the time to do damage
+    assert pool.running() == after
+    pool.kill(signal.SIGTERM)
+    code, output = pool.finish()
+    assert code == 0
+    assert "reload failed: the running pool is unchanged" in output
+    assert "pool.yml:2: YAML syntax error" in output
+
+
+def test_ttin_ttou_scale_every_group(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "a: 1\nb: 2\n")
+    pool.wait_running(3)
+    pool.kill(signal.SIGTTIN)
+    pool.wait_running(5)
+    pool.kill(signal.SIGTTOU)
+    pool.wait_running(3)  # the same signal sent twice at once may arrive once
+    pool.kill(signal.SIGTTOU)
+    running = pool.wait_running(1)
+    assert list(running) == ["b.1"]
+    pool.kill(signal.SIGTERM)
+    assert pool.finish()[0] == 0
+
+
+def test_usr1_usr2_cont_are_passed_to_every_worker(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "a: 1\nb: 1\n")
+    workers = pool.wait_running(2)
+    for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT):
+        pool.kill(signum)
+        wait_for(lambda s=signum: all(s in signals_to(pool, p) for p in workers.values()), 10,
+                 f"{signal.Signals(signum).name} at every worker")
+    pool.kill(signal.SIGTERM)
+    assert pool.finish()[0] == 0
+
+
+def test_winch_stops_workers_and_hup_brings_them_back(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "a: 2\n")
+    pool.wait_running(2)
+    pool.kill(signal.SIGWINCH)
+    wait_for(lambda: pool.status()["workers"] == [] and pool.status()["paused"], 10, "paused")
+    assert pool.process.poll() is None, "the manager stays"
+    pool.kill(signal.SIGHUP)
+    pool.wait_running(2)
+    pool.kill(signal.SIGTERM)
+    assert pool.finish()[0] == 0
+
+
+def test_crash_loop_backs_off_and_is_reported_once(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "bad:\n  count: 1\n  command: [false]\n")
+    time.sleep(10)
+    pool.kill(signal.SIGTERM)
+    code, output = pool.finish()
+    assert code == 0, output
+    spawns = output.count("spawned bad.1")
+    assert 2 <= spawns <= 5, output
+    assert output.count("is crash-looping") <= 1
+    assert "exited with status 1" in output
+
+
+def test_exit_on_crash_loop_exits_3(runner, tmp_path):
+    config = "bad:\n  count: 1\n  command: [false]\n"
+    pool = Pool(runner, tmp_path, config, "--exit-on-crash-loop",
+                settings="  backoff_min: 0.01\n  backoff_max: 0.02\n")
+    code, output = pool.finish(timeout=30)
+    assert code == 3, output
+    assert output.count("is crash-looping") == 1
+
+
+def test_missing_command_is_a_configuration_error_not_a_crash(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "bad:\n  count: 2\n  command: [no-such-command-anywhere]\n")
+    time.sleep(1.5)
+    pool.kill(signal.SIGTERM)
+    code, output = pool.finish()
+    assert code == 0, output
+    assert "no-such-command-anywhere: command not found (exit 127)" in output
+    assert output.count("a configuration error") == 1
+    assert output.count("spawned") == 0
+
+
+def test_heroku_term_to_every_process_reaches_each_worker_once(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "q: 3\n", namespace=True, DYNO="worker.1")
+    workers = pool.wait_running(3)
+    # Heroku's shutdown: TERM to every process in the dyno at once. kill(-1) from inside the
+    # namespace reaches all but PID 1, so PID 1 gets its own.
+    subprocess.run(["nsenter", "-t", str(pool.pid), "-p", "-m", "sh", "-c", "kill -TERM -1"],
+                   timeout=10)
+    pool.kill(signal.SIGTERM)
+    code, output = pool.finish()
+    assert code == 0, output
+    for pid in workers.values():
+        assert signals_to(pool, pid) == [signal.SIGTERM], "a second TERM turns warm into cold"
+
+
+def test_pool_as_pid_1_reaps_orphans_and_leaves_nothing_behind(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "q: 2\n", namespace=True, WORKER_DAEMON="1")
+    pool.wait_running(2)
+    wait_for(lambda: len(pool.events("start", role="daemon")) == 2, 10, "the daemons")
+    pool.kill(signal.SIGTERM)
+    code, output = pool.finish()
+    assert "2 process(es) left behind by workers" in output
+    assert code == 1, "the daemons ignored TERM and had to be KILLed"
+
+
+def test_status_json_and_scale_and_reload_over_the_socket(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "a: 1\n")
+    pool.wait_running(1)
+    assert stat.S_IMODE(os.stat(pool.socket).st_mode) == 0o600, "only the pool's user may steer"
+    control = ["--socket", pool.socket]
+    status = runner.run([*control, "--status", "--json"])
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)["workers"]
+    assert [(r["group"], r["slot"], r["state"]) for r in rows] == [("a", 1, "running")]
+    table = runner.run([*control, "--status"])
+    assert "a" in table.stdout and "running" in table.stdout
+    assert runner.run([*control, "--scale", "a=3"]).returncode == 0
+    pool.wait_running(3)
+    assert runner.run([*control, "--scale", "nope=3"]).returncode == 2
+    assert runner.run([*control, "--reload"]).returncode == 0
+    pool.wait_running(1)  # the file says 1: a reload makes the file the truth again
+    pool.kill(signal.SIGTERM)
+    assert pool.finish()[0] == 0
+
+
+def test_status_with_no_pool_exits_4(runner, tmp_path):
+    result = runner.run(["--status", "--socket", str(tmp_path / "none.sock")])
+    assert result.returncode == 4
+    assert result.stderr.count("\n") == 1
+
+
+def test_hundred_workers_start(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "many: 100\n")
+    pool.wait_running(100, timeout=60)
+    pool.kill(signal.SIGTERM)
+    assert pool.finish()[0] == 0
