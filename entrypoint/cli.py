@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from entrypoint import __version__
-from entrypoint.cmdline import Command, parse_line, scan_line
+from entrypoint.cmdline import BLANKS, Command, parse_line, scan_line
 from entrypoint.console import Log
 from entrypoint.init import Forwarding, Init, InitOptions
 from entrypoint.shutdown import (
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="after TERM/INT, KILL everything left this much later "
                       "(25 on Heroku, else 8)")
     stop.add_argument("--term-delay", metavar="SECONDS",
-                      help="wait this long before passing TERM on (drain time; "
+                      help="wait this long before passing TERM/INT on (drain time; "
                       "counted inside the timeout)")
     stop.add_argument("--term-sent-to-all", dest="term_sent_to_all", action="store_true",
                       default=None, help="the platform TERMs every process itself: never pass "
@@ -170,7 +170,7 @@ def _strip_separator(words: list[str]) -> list[str]:
 
 def _is_command_line(word: str) -> bool:
     """One argument holding a whole command line, not a program whose path has a space."""
-    return any(c.isspace() for c in word.strip()) and shutil.which(word) is None
+    return any(c in BLANKS for c in word.strip()) and shutil.which(word) is None
 
 
 def stop_policy(args: argparse.Namespace, env: Mapping[str, str]) -> StopPolicy:
@@ -278,9 +278,26 @@ def run_pool(args: argparse.Namespace, log: Log) -> int:
         stop_from_flags=args.term_timeout is not None or bool(os.environ.get("TERM_TIMEOUT")),
         socket_path=args.socket or default_socket_path(os.environ),
         exit_on_crash_loop=bool(crash_loop_exit or config.exit_on_crash_loop),
+        memory=memory_limit(args, config),
+        prefix_output=bool(args.prefix),
     )
     mark_inherited_descriptors_cloexec()
     return Supervisor(config, options, os.environ, PoolLog(args.verbose), load).run()
+
+
+def memory_limit(args: argparse.Namespace, config):  # -> memory.MemoryLimit
+    """--memory-limit, then MEMORY_LIMIT, then the file's pool.memory_limit, then the cgroup's."""
+    from dataclasses import replace
+
+    from entrypoint.memory import find_memory_limit
+
+    try:
+        found = find_memory_limit(args.memory_limit, os.environ)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if config.memory_limit and args.memory_limit is None and not os.environ.get("MEMORY_LIMIT", "").strip():
+        return replace(found, bytes=config.memory_limit, source=f"{config.source}: pool.memory_limit")
+    return found
 
 
 def steer_pool(args: argparse.Namespace, env: Mapping[str, str]) -> int:

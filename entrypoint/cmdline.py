@@ -18,6 +18,8 @@ _SHELL_FIRST_WORDS = frozenset(
         "return local declare readonly"
     ).split()
 )
+# What separates words in sh: blanks and newlines (a no-break space is part of a word).
+BLANKS = " \t\n"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
@@ -75,14 +77,16 @@ class _Scanner:
 
     def next_word(self) -> Word | None:
         line = self.line
-        while self.pos < len(line) and line[self.pos].isspace():
+        while self.pos < len(line) and line[self.pos] in BLANKS:
+            if line[self.pos] == "\n" and line[self.pos :].strip(BLANKS):
+                self.needs_shell = True  # a newline ends a command: several commands need sh
             self.pos += 1
         if self.pos >= len(line):
             return None
         start = self.pos
         text: list[str] = []
         quoted = False
-        while self.pos < len(line) and not line[self.pos].isspace():
+        while self.pos < len(line) and line[self.pos] not in BLANKS:
             char = line[self.pos]
             if char == "'":
                 end = line.find("'", self.pos + 1)
@@ -96,14 +100,16 @@ class _Scanner:
                 if not self._double_quoted(text):
                     return self._give_up(start)
             elif char == "\\":
-                text.append(line[self.pos + 1 : self.pos + 2])
+                escaped = line[self.pos + 1 : self.pos + 2]
+                if escaped != "\n":  # backslash-newline continues the line, as in sh
+                    text.append(escaped)
                 self.pos += 2
             elif char == "$":
                 value = self._expansion()
                 if value is None:
                     return self._give_up(start)
-                if any(c.isspace() for c in value):
-                    self.needs_shell = True  # sh would split it into several words
+                if any(c in BLANKS or c in "*?[" for c in value):
+                    self.needs_shell = True  # sh would split it into words and expand globs
                 text.append(value)
             elif char in _SHELL_ONLY or (char == "~" and self.pos == start):
                 self.needs_shell = True
@@ -130,7 +136,9 @@ class _Scanner:
             if char == '"':
                 self.pos += 1
                 return True
-            if char == "\\" and line[self.pos + 1 : self.pos + 2] in ('"', "\\", "$", "`"):
+            if char == "\\" and line[self.pos + 1 : self.pos + 2] == "\n":
+                self.pos += 2  # a continued line
+            elif char == "\\" and line[self.pos + 1 : self.pos + 2] in ('"', "\\", "$", "`"):
                 text.append(line[self.pos + 1])
                 self.pos += 2
             elif char == "$":

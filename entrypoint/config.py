@@ -40,6 +40,7 @@ _POOL_KEYS = (
     "max_memory",
     "max_workers",
     "memory_headroom",
+    "memory_interval",
     "memory_limit",
     "prefix_output",
     "spawn_delay",
@@ -125,6 +126,7 @@ class PoolConfig:
     prefix_output: bool = False
     memory_headroom: float = 0.85
     memory_limit: int | None = None
+    memory_interval: float = 2.0  # seconds between two measurements of every worker's memory
 
 
 _DEFAULT = PoolConfig(source="", app_env=None, groups=())
@@ -272,6 +274,13 @@ def _seconds(text: str) -> float:
     if _DECIMAL.fullmatch(word) and float(word) <= _MAX_SECONDS:
         return float(word)
     raise ValueError(f"expected a number of seconds from 0 to {_MAX_SECONDS:g}, got {_got(text)}")
+
+
+def _interval(text: str) -> float:
+    word = text.strip()
+    if _DECIMAL.fullmatch(word) and 0.1 <= float(word) <= _MAX_SECONDS:
+        return float(word)
+    raise ValueError(f"expected a number of seconds from 0.1 to {_MAX_SECONDS:g}, got {_got(text)}")
 
 
 def _fraction(text: str) -> float:
@@ -625,6 +634,9 @@ class _FileReader:
                 entries, "memory_headroom", self.scalar(_fraction), _DEFAULT.memory_headroom
             ),
             memory_limit=self.get(entries, "memory_limit", self.scalar(_size), None),
+            memory_interval=self.get(
+                entries, "memory_interval", self.scalar(_interval), _DEFAULT.memory_interval
+            ),
         )
         if settings.backoff_min > settings.backoff_max:
             blamed = entries.get("backoff_max") or entries["backoff_min"]

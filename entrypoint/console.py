@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 PREFIX = "entrypoint"
 
@@ -141,3 +141,51 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
     elif reply.get("paused"):
         title += ": paused (WINCH; HUP resumes)"
     print_table(title, ("group", "slot", "pid", "state", "uptime", "restarts", "last exit"), rows)
+
+
+class PrefixedOutput:
+    """Worker output read from pipes and written a line at a time behind the worker's name, as honcho does."""
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        self.stream = stream or sys.stdout.buffer
+        self.pipes: dict[int, tuple[str, bytearray]] = {}
+        self.width = 0
+
+    def open(self, label: str) -> int:
+        """A pipe for one worker; returns the end to give the worker as its stdout and stderr."""
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(read_end, False)
+        self.pipes[read_end] = (label, bytearray())
+        self.width = max(self.width, len(label))
+        return write_end
+
+    def fds(self) -> list[int]:
+        return list(self.pipes)
+
+    def drain(self, fd: int) -> None:
+        """Everything readable now; complete lines go out, a partial one waits for its end."""
+        label, pending = self.pipes[fd]
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:  # every writer has exited
+                if pending:
+                    pending.extend(b"\n")
+                self._write(label, pending)
+                os.close(fd)
+                del self.pipes[fd]
+                return
+            pending.extend(chunk)
+        end = pending.rfind(b"\n") + 1
+        if end:
+            self._write(label, pending[:end])
+            del pending[:end]
+
+    def _write(self, label: str, lines: bytes | bytearray) -> None:
+        prefix = f"{label:<{self.width}} | ".encode()
+        text = b"".join(prefix + line + b"\n" for line in bytes(lines).splitlines())
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(text)
+            self.stream.flush()

@@ -116,6 +116,8 @@ class Init:
             if signum == signal.SIGTERM and stop.term_sent_to_all:
                 self.log.debug("not passing TERM on: the platform sent it to every process")
                 return
+            if self.delayed_stop is not None:
+                return  # still draining: a repeated TERM must not reach the child early (cold stop)
             if first and stop.term_delay > 0:
                 self.delayed_stop = (time.monotonic() + stop.term_delay, signum)
                 self.log.info(f"passing {signal_name(signum)} on in {stop.term_delay:g}s")

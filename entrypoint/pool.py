@@ -45,6 +45,9 @@ class Worker:
     started: float
     stop_sent: float | None = None  # when we asked it to stop (or decided to)
     kill_at: float | None = None  # when it gets KILL if still alive
+    pss: int | None = None  # bytes at the last sample, its own children included
+    peak_pss: int = 0  # the most it has used: job peaks count when planning
+    samples: int = 0
 
     @property
     def key(self) -> SlotKey:

@@ -61,16 +61,23 @@ def controlling_terminal() -> int | None:
     return None
 
 
-def spawn(target: Target, env: Mapping[str, str] | None = None, *, terminal: int | None = None) -> Child:
+def spawn(
+    target: Target,
+    env: Mapping[str, str] | None = None,
+    *,
+    terminal: int | None = None,
+    output: int | None = None,
+) -> Child:
     """Start `target` in a new process group; raise SpawnError when the command cannot be exec'd.
 
     A pipe closed on exec tells us whether exec worked, so "not found" is known at once
-    instead of being guessed later from an exit status of 127.
+    instead of being guessed later from an exit status of 127. `output`, when given, becomes
+    the child's stdout and stderr (the pool's per-line prefixing).
     """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
-        _become(target, env, terminal, write_end)
+        _become(target, env, terminal, output, write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as report:
         failure = report.read()
@@ -89,12 +96,17 @@ def _take_terminal(terminal: int) -> None:
         os.tcsetpgrp(terminal, os.getpid())
 
 
-def _become(target: Target, env: Mapping[str, str] | None, terminal: int | None, report: int) -> None:
+def _become(
+    target: Target, env: Mapping[str, str] | None, terminal: int | None, output: int | None, report: int
+) -> None:
     """In the child: never returns; any failure becomes exit status 126/127 and a report."""
     try:
         os.setpgid(0, 0)
         if terminal is not None:
             _take_terminal(terminal)
+        if output is not None:
+            os.dup2(output, 1)
+            os.dup2(output, 2)
         os.closerange(3, report)
         os.closerange(report + 1, 65536)
         restore_defaults()

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from entrypoint import pool, reaper
+from entrypoint import memory, pool, reaper
 from entrypoint.config import ConfigError, Group, PoolConfig
-from entrypoint.console import Log
+from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
 from entrypoint.init import prepare_process
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
@@ -27,6 +27,11 @@ EXIT_CRASH_LOOP = 3
 
 PASSED_TO_WORKERS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT})
 KILL_RETRY_SECONDS = 0.1
+# Memory is sampled every pool.memory_interval while ceilings, `auto` or the pool guard need
+# fresh numbers, else only for the periodic summary line.
+SUMMARY_SECONDS = 60.0
+# A worker's footprint counts for `auto` once it has been sampled this many times.
+WARM_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -35,11 +40,23 @@ class PoolOptions:
     stop_from_flags: bool  # --term-timeout/TERM_TIMEOUT given: the file's global value yields
     socket_path: str | None
     exit_on_crash_loop: bool
+    memory: memory.MemoryLimit
+    prefix_output: bool = False
 
 
-def desired_counts(config: PoolConfig) -> dict[str, tuple[Group, int]]:
-    """Group -> (definition, how many); an `auto` group starts at its minimum."""
-    return {g.name: (g, g.min_count if g.auto else g.count or 0) for g in config.groups}
+def desired_counts(config: PoolConfig, limit: int | None, cpus: int) -> dict[str, tuple[Group, int]]:
+    """Group -> (definition, how many). An `auto` group starts at its minimum and grows as
+    memory allows; with no memory limit known it gets the CPU-based count instead."""
+    counts = {}
+    for group in config.groups:
+        if not group.auto:
+            counts[group.name] = (group, group.count or 0)
+        elif limit is None:
+            wanted = memory.cpu_worker_count(cpus)
+            counts[group.name] = (group, max(group.min_count, min(group.max_count, wanted)))
+        else:
+            counts[group.name] = (group, group.min_count)
+    return counts
 
 
 def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str) -> dict[str, str]:
@@ -71,7 +88,13 @@ class Supervisor:
         self.reload_config = reload_config
         self.pool_id = f"{env.get('DYNO') or socket.gethostname()}:{os.getpid()}"
         self.backoff = Backoff.from_config(config)
-        self.desired = desired_counts(config)
+        self.limit = options.memory
+        self.desired = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
+        self.output = PrefixedOutput() if options.prefix_output or config.prefix_output else None
+        self.next_sample = 0.0
+        self.next_summary = time.monotonic() + SUMMARY_SECONDS
+        self.manager_pss = 0
+        self.oom_kills_at_start = self.read_oom_kills()
         self.workers: dict[int, Worker] = {}
         self.history: dict[pool.SlotKey, SlotHistory] = {}
         self.reported_loops: set[str] = set()
@@ -94,17 +117,25 @@ class Supervisor:
         sources: list = [inbox] + ([control] if control else [])
         while True:
             now = time.monotonic()
+            self.check_memory(now)
             self.step(now)
             if self.stopping and self.all_gone(now):
                 break
             timeout = self.seconds_to_next_wakeup(now)
-            ready, _, _ = select.select(sources, [], [], timeout)
+            pipes = self.output.fds() if self.output else []
+            ready, _, _ = select.select(sources + pipes, [], [], timeout)
             if inbox in ready:
                 for received in inbox.read():
                     self.on_signal(received)
+            for fd in ready:
+                if isinstance(fd, int) and self.output is not None:
+                    self.output.drain(fd)
             self.on_children_exited(reaper.reap())
             if control is not None and control in ready:
                 control.serve_pending(self.on_request)
+        if self.output is not None:
+            for fd in self.output.fds():
+                self.output.drain(fd)
         if control is not None:
             control.close()
         inbox.close()
@@ -136,6 +167,7 @@ class Supervisor:
     def seconds_to_next_wakeup(self, now: float) -> float | None:
         moments = [pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now)]
         moments.append(self.leftovers_deadline)
+        moments.append(self.next_sample)
         if self.config.spawn_delay and pool.plan(
             self.effective_desired(), self.workers.values(), self.history, now
         ):
@@ -143,14 +175,108 @@ class Supervisor:
         pending = [m for m in moments if m is not None]
         return max(0.0, min(pending) - now) if pending else None
 
+    # -- memory --------------------------------------------------------------------------------
+
+    def memory_watched(self) -> bool:
+        return self.limit.bytes is not None or any(
+            g.auto or g.max_memory for g, _ in self.desired.values()
+        )
+
+    def check_memory(self, now: float) -> None:
+        """Measure every worker (PSS, its children included), then apply ceilings, guard and auto."""
+        if now < self.next_sample:
+            return
+        self.next_sample = now + (self.config.memory_interval if self.memory_watched() else SUMMARY_SECONDS)
+        index = memory.children_index()
+        for worker in self.workers.values():
+            worker.pss = memory.tree_pss(worker.pid, index)
+            if worker.pss is not None:
+                worker.peak_pss = max(worker.peak_pss, worker.pss)
+                worker.samples += 1
+        self.manager_pss = memory.read_pss(os.getpid()) or 0
+        if self.stopping:
+            return
+        self.recycle_over_ceiling(now)
+        self.guard_the_limit(now)
+        self.size_auto_groups()
+        if now >= self.next_summary:
+            self.next_summary = now + SUMMARY_SECONDS
+            self.log.info(self.memory_summary())
+
+    def total_pss(self) -> int:
+        return self.manager_pss + sum(w.pss or 0 for w in self.workers.values())
+
+    def recycle_over_ceiling(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            ceiling = worker.spec.max_memory
+            if ceiling and worker.stop_sent is None and (worker.pss or 0) > ceiling:
+                self.stop_worker(worker, now, f"uses {memory.format_bytes(worker.pss or 0)}, over its "
+                                 f"max_memory {memory.format_bytes(ceiling)}")
+
+    def guard_the_limit(self, now: float) -> None:
+        """Recycle the largest worker before the pool reaches the limit: never leave it to the OOM killer."""
+        if self.limit.bytes is None or any(w.stop_sent is not None for w in self.workers.values()):
+            return
+        usage = {pid: w.pss or 0 for pid, w in self.workers.items()}
+        # `auto` plans up to the headroom; the guard acts halfway between it and the limit.
+        guard = (1 + self.config.memory_headroom) / 2
+        victim = memory.pick_for_pool_guard(usage, self.total_pss(), self.limit.bytes, guard)
+        if victim is not None:
+            worker = self.workers[victim]
+            self.stop_worker(worker, now, f"the pool uses {memory.format_bytes(self.total_pss())} of "
+                             f"{memory.format_bytes(self.limit.bytes)}: recycling the largest worker")
+
+    def size_auto_groups(self) -> None:
+        """`auto` groups: as many workers as fit under the limit with headroom, judged by warm workers' peaks."""
+        if self.limit.bytes is None:
+            return
+        for name, (spec, count) in list(self.desired.items()):
+            if not spec.auto:
+                continue
+            mine = [w for w in self.workers.values() if w.group == name and w.stop_sent is None]
+            warm = [w for w in mine if w.samples >= WARM_SAMPLES]
+            if not warm or len(warm) < min(count, len(mine)) or len(mine) < count:
+                continue  # wait until every worker of the group has been measured
+            per_worker = memory.steady_per_worker([w.peak_pss for w in warm])
+            others = self.total_pss() - sum(w.pss or 0 for w in mine)
+            fits = memory.auto_worker_count(self.limit.bytes, self.config.memory_headroom, others,
+                                            per_worker, spec.min_count, spec.max_count)
+            target = fits
+            if target != count:
+                self.desired[name] = (spec, target)
+                self.log.info(
+                    f"auto: {name} {count}->{target} workers ({memory.format_bytes(per_worker)} per worker at "
+                    f"peak, {memory.format_bytes(others)} for the rest, limit "
+                    f"{memory.format_bytes(self.limit.bytes)} x {self.config.memory_headroom:g})"
+                )
+
+    def memory_summary(self) -> str:
+        measured = [w for w in self.workers.values() if w.pss is not None]
+        line = f"memory: {len(measured)} worker(s) and manager use {memory.format_bytes(self.total_pss())}"
+        if self.limit.bytes:
+            line += f" of {memory.format_bytes(self.limit.bytes)} ({100 * self.total_pss() / self.limit.bytes:.0f}%)"
+        if measured:
+            largest = max(measured, key=lambda w: w.pss or 0)
+            line += f"; largest {largest.name} {memory.format_bytes(largest.pss or 0)}"
+        oom_kills = self.read_oom_kills() - self.oom_kills_at_start
+        if oom_kills:
+            line += f"; the kernel OOM-killed {oom_kills} process(es) in this container"
+        return line
+
+    def read_oom_kills(self) -> int:
+        if self.limit.cgroup_dir is None or self.limit.cgroup_version is None:
+            return 0
+        return memory.read_oom_kills(self.limit.cgroup_version, self.limit.cgroup_dir)
+
     # -- processes -----------------------------------------------------------------------------
 
     def start_worker(self, action: Start, now: float) -> None:
         spec, slot = action.spec, action.slot
         key = (spec.name, slot)
         history = self.history.get(key, SlotHistory())
+        output = self.output.open(f"{spec.name}.{slot}") if self.output else None
         try:
-            child = spawn(spec.argv, worker_env(self.env, spec, slot, self.pool_id))
+            child = spawn(spec.argv, worker_env(self.env, spec, slot, self.pool_id), output=output)
         except SpawnError as error:
             self.history[key] = pool.after_spawn_failure(history, now, self.backoff, str(error),
                                                          hopeless=True)
@@ -164,6 +290,9 @@ class Supervisor:
             self.log.warning(f"{spec.name}.{slot}: cannot fork ({error.strerror}); "
                              f"retrying in {delay:.1f}s")
             return
+        finally:
+            if output is not None:
+                os.close(output)  # the worker holds it now; EOF comes when it and its children exit
         self.last_spawn = now
         self.workers[child.pid] = Worker(spec.name, slot, child.pid, spec, now)
         self.log.info(f"spawned {spec.name}.{slot} pid {child.pid}")
@@ -318,7 +447,12 @@ class Supervisor:
                 self.log.error(str(problem))
             self.log.error("reload failed: the running pool is unchanged")
             return {"error": str(error)}
-        new = desired_counts(config)
+        new = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
+        for name, (spec, _count) in new.items():
+            old = self.desired.get(name)
+            if spec.auto and old and old[0].auto and pool.same_definition(old[0], spec):
+                # keep what `auto` has learnt, within the new bounds
+                new[name] = (spec, max(spec.min_count, min(spec.max_count, old[1])))
         changes = pool.reload_diff(self.desired, new)
         self.config, self.desired = config, new
         self.backoff = Backoff.from_config(config)
@@ -371,10 +505,16 @@ class Supervisor:
                 "group": key[0], "slot": key[1], "pid": worker.pid if worker else None,
                 "state": state, "uptime": round(now - worker.started, 1) if worker else None,
                 "restarts": history.restarts, "last_exit": history.last_exit,
+                "memory": worker.pss if worker else None,
             })
         return {
             "pool_id": self.pool_id, "manager_pid": os.getpid(),
             "stopping": self.stopping, "paused": self.paused, "workers": rows,
+            "memory": {
+                "limit": self.limit.bytes, "limit_source": self.limit.source,
+                "manager": self.manager_pss, "total": self.total_pss(),
+                "oom_kills": self.read_oom_kills() - self.oom_kills_at_start,
+            },
         }
 
     # -- output --------------------------------------------------------------------------------
@@ -387,6 +527,12 @@ class Supervisor:
             f"{self.config.source}{env}; term timeout {self.term_timeout():g}s"
             + ("; TERM comes from the platform" if self.options.stop.term_sent_to_all else "")
         )
+        limit = memory.format_bytes(self.limit.bytes) if self.limit.bytes else "none"
+        self.log.info(f"memory limit: {limit} ({self.limit.source})")
+        for name, (spec, count) in self.desired.items():
+            if spec.auto and self.limit.bytes is None:
+                self.log.info(f"auto: {name} runs {count} workers (no memory limit known: 2 x CPUs + 1, "
+                              f"within {spec.min_count}-{spec.max_count})")
 
     def log_shutdown(self) -> None:
         took = time.monotonic() - self.stop_started

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from entrypoint.memory import cgroup_memory_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 ENTRYPOINT = [sys.executable, "-m", "entrypoint"]
@@ -125,3 +127,34 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
     yield runner
     strays = runner.cleanup()
     assert not strays, f"processes left running: {strays}"
+
+
+@pytest.fixture
+def v1_cgroup() -> Iterator[Path]:
+    """A fresh child of our own v1 memory cgroup, removed (after its processes) at the end."""
+    texts = [Path("/proc/self", name).read_text() for name in ("cgroup", "mountinfo")]
+    found = cgroup_memory_dir(*texts)
+    if found is not None and found[0] != 1:
+        pytest.skip(f"this test needs a cgroup v1 memory controller, found v{found[0]}")
+    parent = found[1] if found else Path("/sys/fs/cgroup/memory")
+    group = parent / f"entrypoint-test-{uuid.uuid4().hex[:8]}"
+    try:
+        group.mkdir()
+    except OSError as error:
+        pytest.skip(f"cannot create a memory cgroup under {parent}: {error}")
+    try:
+        yield group
+    finally:
+        with contextlib.suppress(OSError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)

@@ -1,6 +1,5 @@
 """A child that appends the number of every signal it receives to the file named by argv[1]."""
 
-import os
 import signal
 import sys
 import time

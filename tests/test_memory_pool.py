@@ -1,0 +1,115 @@
+"""The pool in a real memory cgroup: `auto` sizing, max_memory ceilings and the guard before the OOM killer."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PROGRAMS, Runner, wait_for
+
+from entrypoint.control import request
+
+MIB = 1024 * 1024
+HOG = json.dumps([sys.executable, str(PROGRAMS / "hog.py")])
+
+
+class CgroupPool:
+    """A pool started inside `group` (a v1 memory cgroup) by a shell that joins it and execs us."""
+
+    def __init__(self, runner: Runner, tmp_path: Path, group: Path, config: str, **env: str) -> None:
+        self.group = group
+        self.socket = str(tmp_path / "pool.sock")
+        (tmp_path / "pool.yml").write_text(config)
+        join = f"echo $$ > {group / 'cgroup.procs'} && exec {sys.executable} -m entrypoint -v --socket {self.socket}"
+        self.process = subprocess.Popen(
+            ["sh", "-c", join], cwd=tmp_path, env=runner.env(**env), text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        runner.started.append(self.process)
+
+    def status(self) -> dict:
+        return request(self.socket, {"command": "status"})
+
+    def running(self) -> list[dict]:
+        try:
+            return [w for w in self.status()["workers"] if w["state"] == "running"]
+        except OSError:
+            return []
+
+    def oom_kills(self) -> int:
+        text = (self.group / "memory.oom_control").read_text()
+        return int(dict(line.split() for line in text.splitlines()).get("oom_kill", 0))
+
+    def peak(self) -> int:
+        return int((self.group / "memory.max_usage_in_bytes").read_text())
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            output, _ = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the pool did not stop")
+        assert self.process.returncode == 0, output
+        return output
+
+
+def limit(group: Path, megabytes: int) -> None:
+    (group / "memory.limit_in_bytes").write_text(str(megabytes * MIB))
+    swap = group / "memory.memsw.limit_in_bytes"
+    if swap.exists():  # without this a "limited" group could still swap instead of being OOM-killed
+        swap.write_text(str(megabytes * MIB))
+
+
+def test_auto_settles_on_the_count_that_fits(runner, tmp_path, v1_cgroup):
+    limit(v1_cgroup, 400)
+    config = (f"hogs:\n  count: auto\n  max: 40\n  command: {HOG}\n"
+              "pool:\n  memory_interval: 0.3\n  memory_headroom: 0.85\n")
+    pool = CgroupPool(runner, tmp_path, v1_cgroup, config, HOG_MB="40")
+    wait_for(lambda: len(pool.running()) >= 2, 30, "auto to add workers")
+    history: list[int] = []
+
+    def settled():
+        running = pool.running()
+        history.append(len(running))
+        measured = running and all(w["memory"] for w in running)
+        return measured and len(history) >= 10 and len(set(history[-10:])) == 1 and running
+
+    running = wait_for(settled, 40, "auto to settle (the same count for 10 polls)")
+    per_worker = max(w["memory"] for w in running)
+    manager = pool.status()["memory"]["manager"]
+    best = int((0.85 * 400 * MIB - manager) // per_worker)
+    assert abs(len(running) - best) <= 1, (len(running), best, per_worker, manager)
+    assert pool.oom_kills() == 0
+    assert pool.peak() < 400 * MIB
+    output = pool.stop()
+    assert "auto: hogs 1->" in output
+
+
+def test_worker_over_max_memory_is_recycled_gracefully(runner, tmp_path, v1_cgroup):
+    limit(v1_cgroup, 600)
+    config = (f"leaky:\n  count: 1\n  max_memory: 80M\n  command: {HOG}\n"
+              "pool:\n  memory_interval: 0.2\n")
+    pool = CgroupPool(runner, tmp_path, v1_cgroup, config, HOG_MB="20", HOG_LEAK_MB="5", HOG_EVERY="0.2")
+    first = wait_for(lambda: pool.running(), 15, "the worker")[0]["pid"]
+    wait_for(lambda: (r := pool.running()) and r[0]["pid"] != first, 30, "a replacement")
+    output = pool.stop()
+    assert "over its max_memory 80.0 MiB" in output
+    assert "stopping leaky.1" in output and ": SIGTERM" in output, "its stop signal, not KILL"
+    assert pool.oom_kills() == 0
+
+
+def test_leaking_pool_is_recycled_before_the_oom_killer_acts(runner, tmp_path, v1_cgroup):
+    limit(v1_cgroup, 300)
+    config = f"leaky: {{count: 3, command: {HOG}}}\npool:\n  memory_interval: 0.2\n"
+    pool = CgroupPool(runner, tmp_path, v1_cgroup, config, HOG_MB="20", HOG_LEAK_MB="2", HOG_EVERY="0.2")
+    wait_for(lambda: len(pool.running()) == 3, 15, "three workers")
+    # Without the guard the three leak past 300 MB within about 20 s and the kernel kills one.
+    wait_for(lambda: sum(1 for w in pool.status()["workers"] if w["last_exit"]) >= 2, 60, "recycles")
+    assert pool.oom_kills() == 0
+    assert pool.peak() < 300 * MIB
+    output = pool.stop()
+    assert output.count("recycling the largest worker") >= 2
