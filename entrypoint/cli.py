@@ -151,6 +151,14 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
     return Invocation(args, Command(tuple(words), via_shell=False))
 
 
+def unnest(invocation: Invocation, env: Mapping[str, str]) -> Invocation:
+    """`entrypoint entrypoint ...` (CMD or a heroku.yml `run:` that repeats the ENTRYPOINT) is one init."""
+    command = invocation.command
+    if command is None or command.via_shell or os.path.basename(command.argv[0]) != "entrypoint":
+        return invocation
+    return parse(list(command.argv[1:]), env)
+
+
 def _one_string(parser: argparse.ArgumentParser, outer: list[str], line: str,
                 env: Mapping[str, str]) -> Invocation:
     """Heroku hands `run: "..."` over as one argument: peel our options off, keep the rest raw."""
@@ -222,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
     log = Log()
     try:
-        invocation = parse(argv, env)
+        invocation = unnest(parse(argv, env), env)
         args = invocation.args
         log.verbosity = args.verbose
         if invocation.command is not None:

@@ -182,11 +182,22 @@ class Supervisor:
             g.auto or g.max_memory for g, _ in self.desired.values()
         )
 
+    def worth_measuring(self, now: float) -> bool:
+        """Per-worker PSS costs a /proc walk: skip it while one cgroup read shows plenty of room."""
+        if now >= self.next_summary or any(g.auto or g.max_memory for g, _ in self.desired.values()):
+            return True
+        if self.limit.bytes is None or self.limit.cgroup_dir is None or self.limit.cgroup_version is None:
+            return self.limit.bytes is not None
+        usage = memory.read_usage(self.limit.cgroup_version, self.limit.cgroup_dir)
+        return usage is None or usage >= self.config.memory_headroom * self.limit.bytes
+
     def check_memory(self, now: float) -> None:
         """Measure every worker (PSS, its children included), then apply ceilings, guard and auto."""
         if now < self.next_sample:
             return
         self.next_sample = now + (self.config.memory_interval if self.memory_watched() else SUMMARY_SECONDS)
+        if not self.worth_measuring(now):
+            return
         index = memory.children_index()
         for worker in self.workers.values():
             worker.pss = memory.tree_pss(worker.pid, index)

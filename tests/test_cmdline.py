@@ -290,3 +290,13 @@ def test_bad_options_are_usage_errors(argv: list[str]) -> None:
 def test_a_single_word_program_is_not_a_command_line() -> None:
     assert parse(["true"], ENV).command == direct("true")
     assert parse(["/bin/true"], ENV).command == direct("/bin/true")
+
+
+def test_a_command_that_repeats_entrypoint_is_one_init_not_two() -> None:
+    from entrypoint.cli import parse, unnest
+
+    nested = unnest(parse(["entrypoint --config example/pool.yml"], {}), {})
+    assert nested.command is None and nested.args.config == "example/pool.yml"
+    direct = unnest(parse(["-t", "3", "--", "entrypoint", "-v", "--", "rq", "worker"], {}), {})
+    assert direct.command is not None and direct.command.argv == ("rq", "worker")
+    assert direct.args.verbose == 1

@@ -317,3 +317,23 @@ def test_hundred_workers_start(runner, tmp_path):
     pool.wait_running(100, timeout=60)
     pool.kill(signal.SIGTERM)
     assert pool.finish()[0] == 0
+
+
+def test_prefix_puts_each_worker_line_behind_its_name(runner, tmp_path):
+    config = tmp_path / "pool.yml"
+    config.write_text('talk:\n  count: 2\n  command: [sh, -c, "echo hello from $POOL_WORKER; exec sleep 1000"]\n')
+    process = runner.start(["--prefix", "--socket", str(tmp_path / "s.sock")])
+    wait_for(lambda: len(marked_sleeps(runner)) == 2, 10, "two workers")
+    time.sleep(0.3)  # let the manager copy what the workers wrote
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert sorted(line for line in out.splitlines() if "hello" in line) == [
+        "talk.1 | hello from talk.1", "talk.2 | hello from talk.2"]
+
+
+def marked_sleeps(runner: Runner) -> list[int]:
+    from conftest import marked_processes
+
+    return [pid for pid, state in marked_processes(runner.mark)
+            if state != "Z" and Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"]
