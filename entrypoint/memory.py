@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from entrypoint.reaper import below
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -214,41 +216,12 @@ def read_pss(pid: int, proc: Path = Path("/proc")) -> int | None:
     return sum(kib) * 1024 if kib else None
 
 
-def children_index(proc: Path = Path("/proc")) -> dict[int, list[int]]:
-    """ppid -> child pids, from one pass over /proc/*/stat."""
-    index: dict[int, list[int]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # comm (field 2) may hold spaces and ")"; fields after the last ")" are state, then ppid.
-        fields = stat[stat.rfind(")") + 1 :].split()
-        if len(fields) >= 2 and fields[1].isdigit():
-            index.setdefault(int(fields[1]), []).append(int(entry.name))
-    return index
-
-
-def tree_pss(
-    pid: int, index: Mapping[int, Sequence[int]], proc: Path = Path("/proc")
-) -> int | None:
+def tree_pss(pid: int, index: Mapping[int, Sequence[int]], proc: Path = Path("/proc")) -> int | None:
     """PSS of pid and all its descendants (an RQ work-horse is a child of its worker)."""
     total = read_pss(pid, proc)
     if total is None:
         return None
-    seen = {pid}
-    pending = list(index.get(pid, ()))
-    while pending:
-        child = pending.pop()
-        # /proc is read while processes come and go, so a stale index could otherwise loop.
-        if child in seen:
-            continue
-        seen.add(child)
-        total += read_pss(child, proc) or 0
-        pending.extend(index.get(child, ()))
-    return total
+    return total + sum(read_pss(child, proc) or 0 for child in below(pid, index))
 
 
 def auto_worker_count(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 from entrypoint.signals import signal_name
 
@@ -54,38 +55,49 @@ def describe(status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 
-def _process_table(proc: str = "/proc") -> Iterator[tuple[int, int, str]]:
-    """(pid, ppid, state) for every process we can see."""
-    for entry in os.listdir(proc):
-        if not entry.isdigit():
+def process_table(proc: Path = Path("/proc")) -> list[tuple[int, int, str]]:
+    """(pid, ppid, state) of every process we can see, from one pass over /proc/*/stat."""
+    table = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
             continue
         try:
-            with open(f"{proc}/{entry}/stat", "rb") as stat:
-                text = stat.read().decode("ascii", "replace")
+            text = (entry / "stat").read_bytes().decode("ascii", "replace")
         except OSError:
             continue  # exited while we looked
-        # comm (field 2) may hold spaces and parentheses; the fields after the last ')' do not
-        fields = text[text.rfind(")") + 2 :].split()
-        yield int(entry), int(fields[1]), fields[0]
+        # comm (field 2) may hold spaces and ")"; the fields after the last ")" do not
+        fields = text[text.rfind(")") + 1 :].split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            table.append((int(entry.name), int(fields[1]), fields[0]))
+    return table
+
+
+def children_index(table: Iterable[tuple[int, int, str]]) -> dict[int, list[int]]:
+    """ppid -> child pids."""
+    index: dict[int, list[int]] = {}
+    for pid, ppid, _state in table:
+        index.setdefault(ppid, []).append(pid)
+    return index
+
+
+def below(root: int, index: Mapping[int, Sequence[int]]) -> set[int]:
+    """Every descendant of root in the index, however deep."""
+    found: set[int] = set()
+    pending = [root]
+    while pending:
+        for child in index.get(pending.pop(), ()):
+            # /proc is read while processes come and go: a stale index must not loop us
+            if child not in found and child != root:
+                found.add(child)
+                pending.append(child)
+    return found
 
 
 def descendants(root: int | None = None) -> set[int]:
     """Live (non-zombie) processes below `root` (default: us), however deep."""
-    root = os.getpid() if root is None else root
-    children: dict[int, list[int]] = {}
-    alive = set()
-    for pid, ppid, state in _process_table():
-        children.setdefault(ppid, []).append(pid)
-        if state not in ("Z", "X"):
-            alive.add(pid)
-    found = set()
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found & alive
+    table = process_table()
+    alive = {pid for pid, _ppid, state in table if state not in ("Z", "X")}
+    return below(os.getpid() if root is None else root, children_index(table)) & alive
 
 
 def send(pids: Iterable[int], signum: int) -> list[int]:

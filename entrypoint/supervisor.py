@@ -198,7 +198,7 @@ class Supervisor:
         self.next_sample = now + (self.config.memory_interval if self.memory_watched() else SUMMARY_SECONDS)
         if not self.worth_measuring(now):
             return
-        index = memory.children_index()
+        index = reaper.children_index(reaper.process_table())
         for worker in self.workers.values():
             worker.pss = memory.tree_pss(worker.pid, index)
             if worker.pss is not None:

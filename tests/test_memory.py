@@ -18,7 +18,6 @@ from entrypoint.memory import (
     MemoryLimit,
     auto_worker_count,
     cgroup_memory_dir,
-    children_index,
     cpu_worker_count,
     find_memory_limit,
     format_bytes,
@@ -32,6 +31,7 @@ from entrypoint.memory import (
     tree_pss,
     workers_over_ceiling,
 )
+from entrypoint.reaper import children_index, process_table
 
 MiB = 1024**2
 GiB = 1024**3
@@ -354,7 +354,7 @@ def test_children_index_survives_odd_command_names(tmp_path: Path) -> None:
         (tmp_path / str(pid) / "stat").write_text(stat + " 0 0 0\n")
     (tmp_path / "self").mkdir()
     (tmp_path / "7").mkdir()  # gone between listing and reading
-    assert children_index(tmp_path) == {0: [1], 1: [5], 5: [6]}
+    assert children_index(process_table(tmp_path)) == {0: [1], 1: [5], 5: [6]}
 
 
 def test_tree_pss_sums_descendants_and_tolerates_gone_ones(tmp_path: Path) -> None:
@@ -419,7 +419,7 @@ def _started(*args: str, **options: object) -> Iterator[subprocess.Popen[str]]:
 def test_real_pss_of_a_process_that_touched_64_mib() -> None:
     with _started("-c", ALLOCATE.format(size=64 * MiB)) as child:
         assert _read_line(child, 30).strip() == "ready"
-        pss = tree_pss(child.pid, children_index())
+        pss = tree_pss(child.pid, children_index(process_table()))
         assert pss is not None
         assert 60 * MiB <= pss < 200 * MiB
         assert read_pss(child.pid) == pss  # no children of its own
@@ -429,7 +429,7 @@ def test_real_tree_pss_includes_the_childs_memory() -> None:
     with _started("-c", PARENT, ALLOCATE.format(size=64 * MiB)) as parent:
         word, horse = _read_line(parent, 30).split()
         assert word == "ready"
-        index = children_index()
+        index = children_index(process_table())
         assert int(horse) in index[parent.pid]
         own = read_pss(parent.pid)
         tree = tree_pss(parent.pid, index)
