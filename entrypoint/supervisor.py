@@ -330,7 +330,9 @@ class Supervisor:
             self.log.warning(f"{worker.name} pid {worker.pid} still running after "
                              f"{now - worker.stop_sent:.1f}s: KILL")
         self.killed_any = True
-        reaper.send([-worker.pid, worker.pid], signal.SIGKILL)
+        # Its children first, whatever group they are in (RQ's work-horse has its own): a
+        # KILLed worker must not leave a running job behind as an orphan.
+        reaper.send([*reaper.descendants(worker.pid), -worker.pid, worker.pid], signal.SIGKILL)
         worker.kill_at = now + KILL_RETRY_SECONDS
 
     def term_timeout(self, spec: Group | None = None) -> float:
@@ -414,7 +416,9 @@ class Supervisor:
         if not leftovers:
             return True
         if self.leftovers_deadline is None:
-            self.leftovers_deadline = now + self.term_timeout()
+            # Leftovers share the stop's deadline: a TERM never buys anyone a second grace.
+            grace_end = now + self.term_timeout()
+            self.leftovers_deadline = grace_end if self.stop_deadline is None else min(grace_end, self.stop_deadline)
             self.log.info(f"{len(leftovers)} process(es) left behind by workers: TERM")
             reaper.send(leftovers, signal.SIGTERM)
         elif now >= self.leftovers_deadline:

@@ -114,10 +114,15 @@ class Runner:
         return strays
 
     def cleanup(self) -> list[tuple[int, str]]:
-        running = [p for p in self.started if p.poll() is None]
-        for process in running:
-            self.kill(process)
-        return self.kill_marked()
+        """Processes the test left running; a process the test KILLed a moment ago is given 2 s to go."""
+        deadline = time.monotonic() + 2
+        while (left := [p for p in marked_processes(self.mark) if p[1] != "Z"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for process in self.started:
+            if process.poll() is None:
+                self.kill(process)
+        self.kill_marked()
+        return left
 
 
 @pytest.fixture

@@ -1,0 +1,35 @@
+# The worker pool and the example app, as one image for docker compose and Heroku.
+FROM python:3.12-slim
+
+# Output straight to the log (no buffering in pipes), no attempts to write .pyc files at run
+# time (/app is not writable by the user), no pip version check at build time.
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The project first, so editing the example does not reinstall it. Built outside /app, so the
+# app directory holds only the app (and `import entrypoint` finds the installed package).
+# "/src[rq]" is `pip install .[rq]` of /src, spelled so hadolint sees a local path (DL3013).
+COPY pyproject.toml README.md /src/
+COPY entrypoint/ /src/entrypoint/
+RUN pip install --no-cache-dir "/src[rq]" && rm -rf /src
+
+# The example app and its pool config (RQ imports example.jobs from the working directory).
+# Compiled now: every RQ work-horse imports the job's module, and the non-root user cannot
+# write __pycache__ in /app at run time.
+COPY example/ example/
+RUN python -m compileall -q example/
+
+# Heroku refuses to run as root. A numeric USER lets Kubernetes' runAsNonRoot verify it.
+RUN groupadd --gid 10001 app \
+    && useradd --uid 10001 --gid 10001 --no-log-init --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin app
+USER 10001:10001
+
+# No CMD: with no command, entrypoint runs the pool from $POOL_CONFIG.
+ENV POOL_CONFIG=/app/example/pool.yml
+
+# Exec form: entrypoint itself is PID 1 (it is the init: no tini, no `init: true`).
+ENTRYPOINT ["entrypoint"]
