@@ -103,6 +103,7 @@ class Supervisor:
         self.stop_deadline: float | None = None  # None while stopping = QUIT: wait for ever
         self.stop_started = 0.0
         self.leftovers_deadline: float | None = None
+        self.platform_sent_term = False  # Heroku's TERM reached every process: never repeat it
         self.killed_any = False
         self.exit_status = EXIT_OK
         self.last_spawn = float("-inf")
@@ -391,6 +392,7 @@ class Supervisor:
         self.log.info(f"{signal_name(signum)}: stopping {len(self.workers)} worker(s)"
                       + ("" if deadline else " with no deadline (QUIT)"))
         skip_term = from_platform and self.options.stop.term_sent_to_all
+        self.platform_sent_term = self.platform_sent_term or skip_term
         for worker in self.workers.values():
             if worker.stop_sent is not None:
                 continue
@@ -419,8 +421,11 @@ class Supervisor:
             # Leftovers share the stop's deadline: a TERM never buys anyone a second grace.
             grace_end = now + self.term_timeout()
             self.leftovers_deadline = grace_end if self.stop_deadline is None else min(grace_end, self.stop_deadline)
-            self.log.info(f"{len(leftovers)} process(es) left behind by workers: TERM")
-            reaper.send(leftovers, signal.SIGTERM)
+            if self.platform_sent_term:
+                self.log.info(f"{len(leftovers)} process(es) left behind by workers: they have the platform's TERM")
+            else:
+                self.log.info(f"{len(leftovers)} process(es) left behind by workers: TERM")
+                reaper.send(leftovers, signal.SIGTERM)
         elif now >= self.leftovers_deadline:
             self.killed_any = True
             reaper.send(leftovers, signal.SIGKILL)

@@ -276,6 +276,20 @@ def test_heroku_term_to_every_process_reaches_each_worker_once(runner, tmp_path)
         assert signals_to(pool, pid) == [signal.SIGTERM], "a second TERM turns warm into cold"
 
 
+def test_heroku_leftovers_are_not_sent_a_second_term_and_die_at_the_deadline(runner, tmp_path):
+    pool = Pool(runner, tmp_path, "q: 1\n", namespace=True, DYNO="worker.1", WORKER_HELPER="1",
+                HELPER_ON_TERM="ignore")
+    pool.wait_running(1)
+    helper = wait_for(lambda: pool.events("start", role="helper"), 10, "the helper")[0]["pid"]
+    subprocess.run(["nsenter", "-t", str(pool.pid), "-p", "-m", "sh", "-c", "kill -TERM -1"],
+                   timeout=10)
+    pool.kill(signal.SIGTERM)
+    code, output = pool.finish()
+    assert "left behind by workers: they have the platform's TERM" in output
+    assert signals_to(pool, helper) == [signal.SIGTERM]
+    assert code == 1, "the helper ignored TERM and was KILLed at the deadline"
+
+
 def test_pool_as_pid_1_reaps_orphans_and_leaves_nothing_behind(runner, tmp_path):
     pool = Pool(runner, tmp_path, "q: 2\n", namespace=True, WORKER_DAEMON="1")
     pool.wait_running(2)

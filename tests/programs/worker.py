@@ -1,7 +1,8 @@
 """A stand-in job worker: writes its life and every signal it gets, as JSON lines, to $WORKER_LOG.
 
 WORKER_ON_TERM: "exit" (default), "ignore", or a number of seconds to finish the "job" first.
-WORKER_HELPER=1: also start a helper child in the worker's process group that logs its signals.
+WORKER_HELPER=1: also start a helper child in the worker's process group that logs its signals
+(and exits on TERM, unless HELPER_ON_TERM=ignore).
 WORKER_DAEMON=1: also leave a daemon behind (its own session) that ignores TERM.
 """
 
@@ -23,7 +24,7 @@ def note(event, **fields):
 
 def on_signal(signum, _frame):
     note("signal", signum=signum)
-    if signum == signal.SIGTERM and ROLE == "helper":
+    if signum == signal.SIGTERM and ROLE == "helper" and os.environ.get("HELPER_ON_TERM") != "ignore":
         sys.exit(0)  # as RQ's work-horse does: TERM kills the job
     if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and ROLE == "worker":
         behaviour = os.environ.get("WORKER_ON_TERM", "exit")
