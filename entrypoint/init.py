@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -65,8 +66,10 @@ class Init:
 
     def run(self) -> int:
         inbox = prepare_process(self.log)
+        # In a terminal (and not PID 1, which cannot be stopped) we follow the child's Ctrl-Z.
+        self.terminal = controlling_terminal() if os.getpid() != 1 else None
         try:
-            self.child = spawn(self.command.argv, self.env, terminal=controlling_terminal())
+            self.child = spawn(self.command.argv, self.env, terminal=self.terminal)
         except SpawnError as error:
             self.log.error(str(error))
             return error.code
@@ -76,7 +79,7 @@ class Init:
             if ready:
                 for received in inbox.read():
                     self.on_signal(received)
-            self.on_children_exited(reaper.reap())
+            self.on_children_exited(reaper.reap(stops=self.terminal is not None))
             self.on_timers(time.monotonic())
         inbox.close()
         return self.exit_status()
@@ -144,12 +147,29 @@ class Init:
 
     def on_children_exited(self, exited: list[tuple[int, int]]) -> None:
         for pid, status in exited:
+            if os.WIFSTOPPED(status):
+                if self.child is not None and pid == self.child.pid:
+                    self.stop_with_child()
+                continue
             if self.child is not None and pid == self.child.pid:
                 self.child_status = status
                 self.log.info(f"child {pid} {reaper.describe(status)}")
                 self.sweep_leftovers()
             else:
                 self.log.debug(f"reaped orphan {pid} ({reaper.describe(status)})")
+
+    def stop_with_child(self) -> None:
+        """Ctrl-Z stopped the child: stop too, so the shell that started us gets the terminal back.
+
+        When the shell continues us (`fg`), the child gets the terminal and SIGCONT again.
+        """
+        assert self.child is not None and self.terminal is not None
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(self.terminal, os.getpgrp())
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns when the shell sends SIGCONT
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(self.terminal, self.child.group)
+        reaper.send([-self.child.group], signal.SIGCONT)
 
     def sweep_leftovers(self) -> None:
         """The child is gone: give what it left behind TERM and the same grace, then KILL."""

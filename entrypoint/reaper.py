@@ -24,16 +24,17 @@ def become_subreaper() -> bool:
     return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def reap() -> list[tuple[int, int]]:
-    """Every child that has exited, as (pid, wait status), without blocking.
+def reap(*, stops: bool = False) -> list[tuple[int, int]]:
+    """Every child that has exited (and, with `stops`, stopped), as (pid, wait status), without blocking.
 
     The only waitpid in the program: it takes every child, so statuses are routed by pid to
     whoever started the child and none is stolen (never mix this with subprocess).
     """
+    flags = os.WNOHANG | (os.WUNTRACED if stops else 0)
     exited = []
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, flags)
         except ChildProcessError:
             return exited
         if pid == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -727,5 +728,45 @@ def test_child_owns_the_terminal_and_gets_ctrl_c(runner: Runner, tmp_path: Path)
         code, _, _ = finish(process)
         assert code == 0
         assert recorded(log) == [signal.SIGINT, signal.SIGTERM]
+    finally:
+        os.close(master)
+
+
+def test_ctrl_z_stops_the_child_and_the_init_so_the_shell_gets_the_terminal(runner: Runner) -> None:
+    """Job control end to end: an interactive bash runs the init; Ctrl-Z, `fg`, then Ctrl-C."""
+    master, slave = os.openpty()
+    screen = bytearray()
+
+    def take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def type_and_wait(text: bytes, expected: bytes, timeout: float = 15) -> None:
+        os.write(master, text)
+        deadline = time.monotonic() + timeout
+        while expected not in screen:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {expected!r} on the terminal; it shows {bytes(screen[-400:])!r}")
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                screen.extend(os.read(master, 4096))
+
+    shell = subprocess.Popen(["bash", "--norc", "--noprofile", "-i"], stdin=slave, stdout=slave,
+                             stderr=slave, env=runner.env(PS1="$ ", TERM="dumb"), start_new_session=True,
+                             preexec_fn=take_terminal)
+    runner.started.append(shell)
+    os.close(slave)
+    try:
+        init = " ".join([*ENTRYPOINT, "sleep", "1000"])
+        type_and_wait(f"{init}\n".encode(), b"")
+        wait_for(lambda: any(Path(f"/proc/{p}/comm").read_text().strip() == "sleep"
+                             for p, state in marked_processes(runner.mark) if state != "Z"), 15, "sleep")
+        type_and_wait(b"\x1a", b"Stopped")
+        type_and_wait(b"echo shell-is-back\n", b"shell-is-back\r\n")
+        type_and_wait(b"fg\n", b"sleep 1000")
+        time.sleep(0.3)  # let the init hand the terminal back to the child
+        type_and_wait(b"\x03", b"$ ")
+        type_and_wait(b"echo status-$?\n", b"status-130")
+        type_and_wait(b"exit\n", b"exit")
+        shell.wait(timeout=10)
     finally:
         os.close(master)
