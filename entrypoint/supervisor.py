@@ -107,6 +107,7 @@ class Supervisor:
         self.killed_any = False
         self.exit_status = EXIT_OK
         self.last_spawn = float("-inf")
+        self.start_deferred = False
         self.random = random.Random()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -157,35 +158,39 @@ class Supervisor:
 
     def step(self, now: float) -> None:
         """Carry out what pool.plan decides, then KILL whoever outstayed its grace."""
+        self.start_deferred = False
         for action in pool.plan(self.effective_desired(), self.workers.values(), self.history, now):
             if isinstance(action, Stop):
                 self.stop_worker(action.worker, now, action.reason)
             elif now - self.last_spawn >= self.config.spawn_delay:
                 self.start_worker(action, now)
+            else:
+                self.start_deferred = True  # spawn_delay: the next start comes later
         for worker in pool.overdue(self.workers.values(), now):
             self.kill_worker(worker, now)
 
     def seconds_to_next_wakeup(self, now: float) -> float | None:
-        moments = [pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now)]
-        moments.append(self.leftovers_deadline)
-        moments.append(self.next_sample)
-        if self.config.spawn_delay and pool.plan(
-            self.effective_desired(), self.workers.values(), self.history, now
-        ):
-            moments.append(self.last_spawn + self.config.spawn_delay)
+        moments = [
+            pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now),
+            self.leftovers_deadline,
+            self.next_sample,
+            self.last_spawn + self.config.spawn_delay if self.start_deferred else None,
+        ]
         pending = [m for m in moments if m is not None]
         return max(0.0, min(pending) - now) if pending else None
 
     # -- memory --------------------------------------------------------------------------------
 
+    def per_worker_rules(self) -> bool:
+        """Whether some group sizes itself by memory or has a ceiling: then every sample counts."""
+        return any(g.auto or g.max_memory for g, _ in self.desired.values())
+
     def memory_watched(self) -> bool:
-        return self.limit.bytes is not None or any(
-            g.auto or g.max_memory for g, _ in self.desired.values()
-        )
+        return self.limit.bytes is not None or self.per_worker_rules()
 
     def worth_measuring(self, now: float) -> bool:
         """Per-worker PSS costs a /proc walk: skip it while one cgroup read shows plenty of room."""
-        if now >= self.next_summary or any(g.auto or g.max_memory for g, _ in self.desired.values()):
+        if now >= self.next_summary or self.per_worker_rules():
             return True
         if self.limit.bytes is None or self.limit.cgroup_dir is None or self.limit.cgroup_version is None:
             return self.limit.bytes is not None
@@ -246,14 +251,12 @@ class Supervisor:
             if not spec.auto:
                 continue
             mine = [w for w in self.workers.values() if w.group == name and w.stop_sent is None]
-            warm = [w for w in mine if w.samples >= WARM_SAMPLES]
-            if not warm or len(warm) < min(count, len(mine)) or len(mine) < count:
-                continue  # wait until every worker of the group has been measured
-            per_worker = memory.steady_per_worker([w.peak_pss for w in warm])
+            if not mine or len(mine) < count or any(w.samples < WARM_SAMPLES for w in mine):
+                continue  # judge only once every worker of the group has been measured a few times
+            per_worker = memory.steady_per_worker([w.peak_pss for w in mine])
             others = self.total_pss() - sum(w.pss or 0 for w in mine)
-            fits = memory.auto_worker_count(self.limit.bytes, self.config.memory_headroom, others,
-                                            per_worker, spec.min_count, spec.max_count)
-            target = fits
+            target = memory.auto_worker_count(self.limit.bytes, self.config.memory_headroom, others,
+                                              per_worker, spec.min_count, spec.max_count)
             if target != count:
                 self.desired[name] = (spec, target)
                 self.log.info(

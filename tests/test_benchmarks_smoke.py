@@ -1,0 +1,96 @@
+"""The benchmark runner must not rot: a tiny run of every benchmark, its JSON, nothing left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MARK = "ENTRYPOINT_BENCH_MARK"  # benchmarks/harness.py gives it to every process it starts
+BENCHMARKS = {"startup", "memory", "reaping", "signals", "pool_start", "pool_idle", "restart"}
+
+
+def _missing_peers() -> list[str]:
+    missing = [name for name in ("tini", "dumb-init", "catatonit", "unshare")
+               if shutil.which(name) is None]
+    scripts = Path(sysconfig.get_path("scripts"))
+    missing += [name for name in ("supervisord", "honcho")
+                if not (scripts / name).exists() and shutil.which(name) is None]
+    return missing
+
+
+def _marked(mark: str) -> list[tuple[int, str]]:
+    found = []
+    needle = f"{MARK}={mark}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append((int(entry), stat[stat.rfind(")") + 2]))
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_tiny_run_of_every_benchmark_writes_its_json_and_leaves_nothing(tmp_path: Path) -> None:
+    missing = _missing_peers()
+    if missing:
+        pytest.skip(f"peers not installed: {', '.join(missing)} (python3 benchmarks/run.py "
+                    "installs them)")
+    if os.geteuid() != 0:
+        pytest.skip("the benchmarks run contenders as PID 1 of PID namespaces: needs root")
+    mark = uuid.uuid4().hex
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--sizes", "tiny",
+               "--runs", "1", "--no-install", "--no-venv", "--no-summary",
+               "--results", str(tmp_path)]
+    process = subprocess.Popen(command, env={**os.environ, MARK: mark}, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # the runner's finally blocks kill what it started
+        try:
+            _out, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            _out, err = process.communicate()
+        pytest.fail(f"benchmarks/run.py --sizes tiny took more than 30 s:\n{err[-2000:]}")
+    finally:
+        leftovers = [p for p in _marked(mark) if p[1] != "Z"]
+        for pid, _state in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"processes left running: {leftovers}"
+    assert process.returncode == 0, f"exit {process.returncode}\n{err[-3000:]}"
+    assert "Start-up" in out
+
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert {"date", "machine", "runs", "sizes", "versions", "duration_s"} <= set(results["meta"])
+    assert {"nproc", "cpu_model", "kernel", "python"} <= set(results["meta"]["machine"])
+    assert set(results["benchmarks"]) == BENCHMARKS
+    for name, bench in results["benchmarks"].items():
+        assert "error" not in bench, name
+        assert {"title", "metrics", "contenders", "ratios"} <= set(bench), name
+        ours = bench["contenders"]["entrypoint"]["metrics"]
+        for metric, summary in ours.items():
+            assert isinstance(summary, dict), f"{name}/{metric}: entrypoint not measured"
+            assert {"median", "min", "max", "n"} <= set(summary)
+        peers = [c for c, v in bench["contenders"].items() if v["kind"] == "peer"]
+        assert peers, name
+        for metric in bench["metrics"]:
+            assert set(bench["ratios"][metric["key"]]) == set(bench["contenders"])
+    dated = [p for p in tmp_path.glob("*.json") if p.name != "latest.json"]
+    assert len(dated) == 1
