@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from entrypoint import __version__
 from entrypoint.cmdline import BLANKS, Command, parse_line, scan_line
@@ -131,8 +130,7 @@ def _exit_code(text: str) -> int:
     return int(text)
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(NamedTuple):
     args: argparse.Namespace
     command: Command | None
 
@@ -178,7 +176,11 @@ def _strip_separator(words: list[str]) -> list[str]:
 
 def _is_command_line(word: str) -> bool:
     """One argument holding a whole command line, not a program whose path has a space."""
-    return any(c in BLANKS for c in word.strip()) and shutil.which(word) is None
+    if not any(c in BLANKS for c in word.strip()):
+        return False
+    import shutil
+
+    return shutil.which(word) is None
 
 
 def stop_policy(args: argparse.Namespace, env: Mapping[str, str]) -> StopPolicy:

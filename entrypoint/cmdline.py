@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SHELL = "/bin/sh"
 # Characters that only a shell can interpret when they stand outside quotes: operators,
@@ -24,20 +24,17 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
-@dataclass(frozen=True)
-class Word:
+class Word(NamedTuple):
     text: str  # after quote removal and $VAR expansion
     start: int  # offset of the word in the original line
 
 
-@dataclass(frozen=True)
-class Scan:
+class Scan(NamedTuple):
     words: tuple[Word, ...]
     needs_shell: bool
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     argv: tuple[str, ...]
     via_shell: bool  # run as `/bin/sh -c LINE`: signal its whole process group
 

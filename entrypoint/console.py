@@ -36,20 +36,31 @@ class Log:
         if self.verbosity >= 1:
             self.emit(INFO, message)
 
+    @property
+    def debugging(self) -> bool:
+        """Check before building a costly message on a hot path (every signal, every reap)."""
+        return self.verbosity >= 2
+
+    @property
+    def tracing(self) -> bool:
+        return self.verbosity >= 3
+
     def debug(self, message: str) -> None:
-        if self.verbosity >= 2:
+        if self.debugging:
             self.emit(DEBUG, message)
 
     def trace(self, message: str) -> None:
-        if self.verbosity >= 3:
+        if self.tracing:
             self.emit(TRACE, message)
 
     def emit(self, level: int, message: str) -> None:
-        try:
-            self.stream.write(f"{PREFIX}: {message}\n")
+        self.write_line(f"{PREFIX}: {message}")
+
+    def write_line(self, line: str) -> None:
+        # A closed log pipe must not take the init down with it.
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(line + "\n")
             self.stream.flush()
-        except (OSError, ValueError):
-            pass  # a closed log pipe must not take the init down with it
 
 
 class PoolLog(Log):
@@ -60,12 +71,16 @@ class PoolLog(Log):
 
     def __init__(self, verbosity: int = 0, stream: TextIO | None = None) -> None:
         super().__init__(verbosity + 1, stream or sys.stdout)
-        self._console = make_console(self.stream)
+        # rich costs 2 MB and 12 ms: only a terminal gets it, a log drain gets plain lines.
+        self._console = make_console(self.stream) if self.stream.isatty() else None
 
     def emit(self, level: int, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        if self._console is None:
+            self.write_line(f"{stamp} {PREFIX}: {message}")
+            return
         from rich.text import Text
 
-        stamp = time.strftime("%H:%M:%S")
         line = Text.assemble((f"{stamp} {PREFIX}: ", "dim"), (message, _STYLES[level]))
         with contextlib.suppress(OSError, ValueError):
             self._console.print(line, soft_wrap=True)

@@ -8,7 +8,8 @@ import select
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 from entrypoint import reaper
 from entrypoint.cmdline import Command
@@ -18,17 +19,15 @@ from entrypoint.signals import Received, SignalInbox, signal_name
 from entrypoint.spawn import Child, SpawnError, controlling_terminal, spawn
 
 
-@dataclass(frozen=True)
-class Forwarding:
+class Forwarding(NamedTuple):
     process_group: bool = False  # -g: signal the child's whole group
-    rewrites: Mapping[int, int] = field(default_factory=dict)  # FROM -> TO; TO 0 drops it
+    rewrites: Mapping[int, int] = MappingProxyType({})  # FROM -> TO; TO 0 drops it
 
     def target_signal(self, signum: int) -> int:
         return self.rewrites.get(signum, signum)
 
 
-@dataclass(frozen=True)
-class InitOptions:
+class InitOptions(NamedTuple):
     stop: StopPolicy
     forwarding: Forwarding = Forwarding()
     remap_exit: frozenset[int] = frozenset()
@@ -104,7 +103,8 @@ class Init:
 
     def on_signal(self, received: Received) -> None:
         signum = received.signum
-        self.log.trace(f"received {signal_name(signum)} from pid {received.sender}")
+        if self.log.tracing:
+            self.log.trace(f"received {signal_name(signum)} from pid {received.sender}")
         if not received.forwardable():
             return
         stop = self.options.stop
@@ -132,7 +132,6 @@ class Init:
         if target == 0:
             self.log.debug(f"dropped {signal_name(signum)} (rewrite to 0)")
             return
-        via = f" (rewritten from {signal_name(signum)})" if target != signum else ""
         if self.child_status is None and self.child is not None:
             group = self.options.forwarding.process_group or self.command.via_shell
             pid = -self.child.group if group else self.child.pid
@@ -143,7 +142,9 @@ class Init:
             leftovers = reaper.descendants()
             reaper.send(leftovers, target)
             who = f"{len(leftovers)} leftover process(es)"
-        self.log.debug(f"forwarded {signal_name(target)}{via} to {who}")
+        if self.log.debugging:
+            via = f" (rewritten from {signal_name(signum)})" if target != signum else ""
+            self.log.debug(f"forwarded {signal_name(target)}{via} to {who}")
 
     def on_children_exited(self, exited: list[tuple[int, int]]) -> None:
         for pid, status in exited:

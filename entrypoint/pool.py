@@ -16,17 +16,21 @@ SlotKey = tuple[str, int]  # (group name, slot number from 1)
 
 @dataclass(frozen=True)
 class Backoff:
-    """Per-slot exponential backoff: min, 2*min, 4*min ... up to max, reset by a long enough life."""
+    """Per-slot exponential backoff: 0, min, 2*min, 4*min ... up to max, reset by a long enough life."""
 
     minimum: float = 1.0
     maximum: float = 60.0
     reset_after: float = 30.0
 
     def delay(self, failures: int, jitter: float) -> float:
-        """Seconds to wait after `failures` quick exits in a row; jitter in [0, 1) spreads +-25%."""
-        if failures <= 0:
+        """Seconds to wait after `failures` quick exits in a row; jitter in [0, 1) spreads +-25%.
+
+        The first quick exit is replaced at once (a kill -9 is not a crash loop); from the
+        second on: minimum, twice that, and so on up to maximum.
+        """
+        if failures <= 1:
             return 0.0
-        base = min(self.maximum, self.minimum * 2 ** min(failures - 1, 32))
+        base = min(self.maximum, self.minimum * 2 ** min(failures - 2, 32))
         return min(self.maximum, base * (0.75 + 0.5 * jitter))
 
     @classmethod

@@ -6,7 +6,6 @@ import ctypes
 import os
 import signal
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 from entrypoint.signals import signal_name
 
@@ -56,20 +55,22 @@ def describe(status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 
-def process_table(proc: Path = Path("/proc")) -> list[tuple[int, int, str]]:
+def process_table(proc: str | os.PathLike[str] = "/proc") -> list[tuple[int, int, str]]:
     """(pid, ppid, state) of every process we can see, from one pass over /proc/*/stat."""
+    proc = os.fspath(proc)
     table = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
             continue
         try:
-            text = (entry / "stat").read_bytes().decode("ascii", "replace")
+            with open(f"{proc}/{entry}/stat", "rb") as stat:
+                text = stat.read().decode("ascii", "replace")
         except OSError:
             continue  # exited while we looked
         # comm (field 2) may hold spaces and ")"; the fields after the last ")" do not
         fields = text[text.rfind(")") + 1 :].split()
         if len(fields) >= 2 and fields[1].isdigit():
-            table.append((int(entry.name), int(fields[1]), fields[0]))
+            table.append((int(entry), int(fields[1]), fields[0]))
     return table
 
 
@@ -94,8 +95,19 @@ def below(root: int, index: Mapping[int, Sequence[int]]) -> set[int]:
     return found
 
 
+def has_children() -> bool:
+    """Whether we have any child at all: one small read instead of a walk over /proc."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+        return any(open(f"/proc/self/task/{tid}/children").read().strip() for tid in tasks)
+    except OSError:
+        return True  # no such file on this kernel: assume so and look properly
+
+
 def descendants(root: int | None = None) -> set[int]:
     """Live (non-zombie) processes below `root` (default: us), however deep."""
+    if root is None and not has_children():
+        return set()  # every orphan below us is reparented to us, so no child means no descendant
     table = process_table()
     alive = {pid for pid, _ppid, state in table if state not in ("Z", "X")}
     return below(os.getpid() if root is None else root, children_index(table)) & alive

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Heroku KILLs 30 s after its TERM, Docker 10 s after `docker stop`: leave a margin for our sweep.
 HEROKU_TERM_TIMEOUT = 25.0
@@ -12,8 +12,7 @@ DOCKER_TERM_TIMEOUT = 8.0
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
-@dataclass(frozen=True)
-class StopPolicy:
+class StopPolicy(NamedTuple):
     term_timeout: float  # from the first TERM/INT until everything left gets KILL
     term_delay: float = 0.0  # wait this long before passing TERM on (drain time), inside the timeout
     term_sent_to_all: bool = False  # the platform TERMs every process itself (Heroku): never repeat it

@@ -6,7 +6,7 @@ import ctypes
 import os
 import signal
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Faults the kernel raises in the faulting process itself. We forward them only when another
 # process sent them with kill(); a real fault in our own process must kill us, as it does tini.
@@ -29,6 +29,7 @@ FORWARDABLE = tuple(
 
 _SIGINFO = struct.Struct("=IiiI")  # ssi_signo, ssi_errno, ssi_code, ssi_pid of signalfd_siginfo
 _SIGINFO_SIZE = 128
+_READ_SIZE = _SIGINFO_SIZE * 32
 _SFD_NONBLOCK = os.O_NONBLOCK
 _SFD_CLOEXEC = os.O_CLOEXEC
 _SIGSET_BYTES = 128
@@ -72,8 +73,7 @@ def parse_rewrite(text: str) -> tuple[int, int]:
     return parse_signal(source), parse_signal(target, allow_zero=True)
 
 
-@dataclass(frozen=True)
-class Received:
+class Received(NamedTuple):
     """One signal as the kernel reported it: who sent it and how."""
 
     signum: int
@@ -126,12 +126,14 @@ class SignalInbox:
         received = []
         while True:
             try:
-                chunk = os.read(self.fd, _SIGINFO_SIZE * 32)
+                chunk = os.read(self.fd, _READ_SIZE)
             except BlockingIOError:
                 return received
             for offset in range(0, len(chunk), _SIGINFO_SIZE):
                 signum, _errno, code, sender = _SIGINFO.unpack_from(chunk, offset)
                 received.append(Received(signum, code, sender))
+            if len(chunk) < _READ_SIZE:
+                return received  # a short read took everything pending: no second read for EAGAIN
 
     def close(self) -> None:
         os.close(self.fd)

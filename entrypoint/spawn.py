@@ -5,15 +5,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from entrypoint.signals import restore_defaults
 
 # What a child runs: a command line to exec, or (for workers forked from a preloaded app)
 # a Python callable whose return value is the exit status.
 Target = Sequence[str] | Callable[[], int]
+
+# Every signal a child may have to reset: Python ignores PIPE and XFSZ, and exec keeps that.
+_DEFAULT_ON_EXEC = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 NOT_FOUND = 127
 NOT_EXECUTABLE = 126
@@ -30,8 +34,7 @@ class SpawnError(Exception):
         super().__init__(f"{command}: {reason}")
 
 
-@dataclass(frozen=True)
-class Child:
+class Child(NamedTuple):
     pid: int
 
     @property
@@ -74,6 +77,8 @@ def spawn(
     instead of being guessed later from an exit status of 127. `output`, when given, becomes
     the child's stdout and stderr (the pool's per-line prefixing).
     """
+    if terminal is None and not callable(target):
+        return _posix_spawn(target, env, output)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -85,6 +90,20 @@ def spawn(
         os.waitpid(pid, 0)  # ours alone: it exited at once and nobody else waits for it
         command = target[0] if isinstance(target, Sequence) else repr(target)
         raise SpawnError(command, int(failure))
+    return Child(pid)
+
+
+def _posix_spawn(argv: Sequence[str], env: Mapping[str, str] | None, output: int | None) -> Child:
+    """The fast way for a plain command (every pool worker): no copy of our memory, and exec
+    errors come back at once. Our descriptors above 2 are all close-on-exec."""
+    redirect = [(os.POSIX_SPAWN_DUP2, output, 1), (os.POSIX_SPAWN_DUP2, output, 2)] if output is not None else []
+    try:
+        pid = os.posix_spawnp(
+            argv[0], list(argv), os.environ if env is None else dict(env),
+            file_actions=redirect, setpgroup=0, setsigmask=(), setsigdef=_DEFAULT_ON_EXEC,
+        )
+    except OSError as error:
+        raise SpawnError(argv[0], error.errno or errno.EACCES) from None
     return Child(pid)
 
 

@@ -439,7 +439,8 @@ class Supervisor:
 
     def on_signal(self, received: Received) -> None:
         signum = received.signum
-        self.log.trace(f"received {signal_name(signum)} from pid {received.sender}")
+        if self.log.tracing:
+            self.log.trace(f"received {signal_name(signum)} from pid {received.sender}")
         if signum in STOP_SIGNALS:
             if self.stopping and self.stop_deadline is not None:
                 self.stop_now()

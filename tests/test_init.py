@@ -667,7 +667,9 @@ def test_child_starts_with_default_signals_and_an_empty_mask(runner: Runner,
     assert result.returncode == 0, result.stderr
     fields = dict(line.split(":\t", 1) for line in result.stdout.splitlines() if ":\t" in line)
     assert fields["Name"] == "cat"
-    assert int(fields["SigIgn"], 16) == 0  # SIGPIPE and SIGXFSZ too
+    # Signals 1-31, SIGPIPE and SIGXFSZ among them. glibc's posix_spawn leaves its internal 32
+    # and 33 ignored; no program sees that (glibc installs its own handlers again at start).
+    assert int(fields["SigIgn"], 16) & 0x7FFFFFFF == 0
     assert int(fields["SigBlk"], 16) == 0
 
 
