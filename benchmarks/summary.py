@@ -254,12 +254,10 @@ def explanations(results: dict) -> list[str]:
     supervisor = m("restart", "supervisord", "restart_ms")
     if None not in (ours, tuned):
         out += [
-            "**Restart - a policy, not a cost.** With default settings a worker that dies "
-            "before it has lived `backoff_reset` (30 s) counts as a quick exit and its slot "
-            "waits `backoff_min` (1 s, ±25% jitter) - crash-loop protection - so the "
-            f"replacement runs after {ours:.0f} ms. With `backoff_reset: 1` (what "
-            "supervisord's startsecs=1 means) it runs after "
-            f"{tuned:.1f} ms"
+            "**Restart.** A worker's first quick exit is replaced at once (only a second quick "
+            "exit in a row starts the backoff: `backoff_min`, doubling, up to `backoff_max`), "
+            f"so the replacement runs after {ours:.1f} ms; with `backoff_reset: 1` (what "
+            f"supervisord's startsecs=1 means) after {tuned:.1f} ms"
             + (f"; supervisord needs {supervisor:.0f} ms: its main loop polls with a 1 s "
                "timeout that SIGCHLD does not cut short (PEP 475 retries the poll), so it "
                "sees the exit on its next tick - the same tick makes its stop take about a "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from entrypoint import __version__
 from entrypoint.cmdline import BLANKS, Command, parse_line, scan_line
@@ -20,6 +20,12 @@ from entrypoint.shutdown import (
     parse_switch,
 )
 from entrypoint.signals import parse_rewrite
+
+if TYPE_CHECKING:  # the pool's modules are imported only when the pool runs
+    from entrypoint.config import PoolConfig
+    from entrypoint.memory import MemoryLimit
+
+T = TypeVar("T")
 
 # Exit statuses of our own (README "Exit status"); the pool's are in supervisor.py.
 EXIT_USAGE = 2
@@ -162,11 +168,10 @@ def _one_string(parser: argparse.ArgumentParser, outer: list[str], line: str,
     """Heroku hands `run: "..."` over as one argument: peel our options off, keep the rest raw."""
     scan = scan_line(line, env)
     args = parser.parse_args(outer + [word.text for word in scan.words])
-    remainder = args.command
-    skip = 1 if remainder[:1] == ["--"] else 0
-    if len(remainder) == skip:
+    remainder = _strip_separator(args.command)
+    if not remainder:
         return Invocation(args, None)
-    start = scan.words[len(scan.words) - len(remainder) + skip].start
+    start = scan.words[len(scan.words) - len(remainder)].start
     return Invocation(args, parse_line(line[start:], env))
 
 
@@ -196,7 +201,8 @@ def stop_policy(args: argparse.Namespace, env: Mapping[str, str]) -> StopPolicy:
     )
 
 
-def _from(flag_value, env, variable, flag, parser):
+def _from(flag_value: str | None, env: Mapping[str, str], variable: str, flag: str,
+          parser: Callable[[str, str], T]) -> T | None:
     """A flag's value, else its environment variable's, parsed; None when neither is set."""
     if flag_value is not None:
         return _parsed(flag_value, flag, parser)
@@ -205,7 +211,7 @@ def _from(flag_value, env, variable, flag, parser):
     return None
 
 
-def _parsed(text, what, parser):
+def _parsed(text: str, what: str, parser: Callable[[str, str], T]) -> T:
     try:
         return parser(text, what)
     except ValueError as error:
@@ -295,7 +301,7 @@ def run_pool(args: argparse.Namespace, log: Log) -> int:
     return Supervisor(config, options, os.environ, PoolLog(args.verbose), load).run()
 
 
-def memory_limit(args: argparse.Namespace, config):  # -> memory.MemoryLimit
+def memory_limit(args: argparse.Namespace, config: PoolConfig) -> MemoryLimit:
     """--memory-limit, then MEMORY_LIMIT, then the file's pool.memory_limit, then the cgroup's."""
     from dataclasses import replace
 

@@ -7,7 +7,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
+
+if TYPE_CHECKING:  # imported by the pool's --check only
+    from rich.console import Console
+
+    from entrypoint.config import PoolConfig
+    from entrypoint.shutdown import StopPolicy
 
 PREFIX = "entrypoint"
 
@@ -86,7 +92,7 @@ class PoolLog(Log):
             self._console.print(line, soft_wrap=True)
 
 
-def make_console(stream: TextIO):  # -> rich.console.Console, imported only when needed
+def make_console(stream: TextIO) -> Console:
     from rich.console import Console
 
     # Heroku's log drain and `docker logs` are not terminals: no colour codes, no wrapping.
@@ -108,7 +114,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
     make_console(stream or sys.stdout).print(table)
 
 
-def print_config(config, stop) -> None:  # (PoolConfig, StopPolicy): --check's report
+def print_config(config: PoolConfig, stop: StopPolicy) -> None:
     """The pool as it will run: every group, its queues, count and command, then the settings."""
     import shlex
 

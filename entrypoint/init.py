@@ -15,7 +15,7 @@ from entrypoint import reaper
 from entrypoint.cmdline import Command
 from entrypoint.console import Log
 from entrypoint.shutdown import STOP_SIGNALS, StopPolicy, earliest
-from entrypoint.signals import Received, SignalInbox, signal_name
+from entrypoint.signals import Received, SignalInbox, child_changed, signal_name
 from entrypoint.spawn import Child, SpawnError, controlling_terminal, spawn
 
 
@@ -75,10 +75,11 @@ class Init:
         self.log.debug(f"started {' '.join(self.command.argv)} as pid {self.child.pid}")
         while not self.finished():
             ready, _, _ = select.select([inbox], [], [], self.seconds_to_next_timer())
-            if ready:
-                for received in inbox.read():
-                    self.on_signal(received)
-            self.on_children_exited(reaper.reap(stops=self.terminal is not None))
+            signals = inbox.read() if ready else []
+            for received in signals:
+                self.on_signal(received)
+            if child_changed(signals):
+                self.on_children_exited(reaper.reap(stops=self.terminal is not None))
             self.on_timers(time.monotonic())
         inbox.close()
         return self.exit_status()

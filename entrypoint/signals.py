@@ -93,6 +93,11 @@ class Received(NamedTuple):
         return True
 
 
+def child_changed(received: list[Received]) -> bool:
+    """A SIGCHLD among them: some child exited or stopped, so it is time to reap (and only then)."""
+    return any(r.signum == signal.SIGCHLD for r in received)
+
+
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 

@@ -18,7 +18,7 @@ from entrypoint.control import ControlServer
 from entrypoint.init import prepare_process
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
 from entrypoint.shutdown import STOP_SIGNALS, StopPolicy
-from entrypoint.signals import Received, signal_name
+from entrypoint.signals import Received, child_changed, signal_name
 from entrypoint.spawn import SpawnError, spawn
 
 EXIT_OK = 0
@@ -126,13 +126,14 @@ class Supervisor:
             timeout = self.seconds_to_next_wakeup(now)
             pipes = self.output.fds() if self.output else []
             ready, _, _ = select.select(sources + pipes, [], [], timeout)
-            if inbox in ready:
-                for received in inbox.read():
-                    self.on_signal(received)
+            signals = inbox.read() if inbox in ready else []
+            for received in signals:
+                self.on_signal(received)
             for fd in ready:
                 if isinstance(fd, int) and self.output is not None:
                     self.output.drain(fd)
-            self.on_children_exited(reaper.reap())
+            if child_changed(signals):
+                self.on_children_exited(reaper.reap())
             if control is not None and control in ready:
                 control.serve_pending(self.on_request)
         if self.output is not None:
