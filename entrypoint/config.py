@@ -290,6 +290,7 @@ def _fraction(text: str) -> float:
     raise ValueError(f"expected a fraction above 0 and at most 1 (e.g. 0.85), got {_got(text)}")
 
 
+
 def _flag(text: str) -> bool:
     word = text.strip().lower()
     if word in _TRUE or word in _FALSE:
@@ -302,6 +303,20 @@ def _size(text: str) -> int:
         return parse_size(text)
     except OverflowError:
         raise ValueError(f"{text!r} is too large a size") from None
+
+
+# The pool-wide settings that are plain values, and how each is read.
+_POOL_SETTINGS: dict[str, Callable[[str], object]] = {
+    "spawn_delay": _seconds,
+    "backoff_min": _seconds,
+    "backoff_max": _seconds,
+    "backoff_reset": _seconds,
+    "exit_on_crash_loop": _flag,
+    "prefix_output": _flag,
+    "memory_headroom": _fraction,
+    "memory_limit": _size,
+    "memory_interval": _interval,
+}
 
 
 def _queues(text: str) -> tuple[str, ...]:
@@ -612,31 +627,10 @@ class _FileReader:
             app_env=None,
             groups=(),
             term_timeout=defaults.term_timeout,
-            spawn_delay=self.get(
-                entries, "spawn_delay", self.scalar(_seconds), _DEFAULT.spawn_delay
-            ),
-            backoff_min=self.get(
-                entries, "backoff_min", self.scalar(_seconds), _DEFAULT.backoff_min
-            ),
-            backoff_max=self.get(
-                entries, "backoff_max", self.scalar(_seconds), _DEFAULT.backoff_max
-            ),
-            backoff_reset=self.get(
-                entries, "backoff_reset", self.scalar(_seconds), _DEFAULT.backoff_reset
-            ),
-            exit_on_crash_loop=self.get(
-                entries, "exit_on_crash_loop", self.scalar(_flag), _DEFAULT.exit_on_crash_loop
-            ),
-            prefix_output=self.get(
-                entries, "prefix_output", self.scalar(_flag), _DEFAULT.prefix_output
-            ),
-            memory_headroom=self.get(
-                entries, "memory_headroom", self.scalar(_fraction), _DEFAULT.memory_headroom
-            ),
-            memory_limit=self.get(entries, "memory_limit", self.scalar(_size), None),
-            memory_interval=self.get(
-                entries, "memory_interval", self.scalar(_interval), _DEFAULT.memory_interval
-            ),
+            **{
+                key: self.get(entries, key, self.scalar(parse), getattr(_DEFAULT, key))
+                for key, parse in _POOL_SETTINGS.items()
+            },
         )
         if settings.backoff_min > settings.backoff_max:
             blamed = entries.get("backoff_max") or entries["backoff_min"]

@@ -35,10 +35,10 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
         time.sleep(0.02)
 
 
-def marked_processes(mark: str) -> list[tuple[int, str]]:
+def marked_processes(mark: str, variable: str = MARK) -> list[tuple[int, str]]:
     """(pid, state) of every process whose environment carries this test's mark."""
     found = []
-    needle = f"{MARK}={mark}".encode()
+    needle = f"{variable}={mark}".encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import marked_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "ENTRYPOINT_BENCH_MARK"  # benchmarks/harness.py gives it to every process it starts
@@ -26,22 +27,6 @@ def _missing_peers() -> list[str]:
     missing += [name for name in ("supervisord", "honcho")
                 if not (scripts / name).exists() and shutil.which(name) is None]
     return missing
-
-
-def _marked(mark: str) -> list[tuple[int, str]]:
-    found = []
-    needle = f"{MARK}={mark}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append((int(entry), stat[stat.rfind(")") + 2]))
-    return found
 
 
 @pytest.mark.timeout(60)
@@ -70,7 +55,7 @@ def test_tiny_run_of_every_benchmark_writes_its_json_and_leaves_nothing(tmp_path
             _out, err = process.communicate()
         pytest.fail(f"benchmarks/run.py --sizes tiny took more than 30 s:\n{err[-2000:]}")
     finally:
-        leftovers = [p for p in _marked(mark) if p[1] != "Z"]
+        leftovers = [p for p in marked_processes(mark, MARK) if p[1] != "Z"]
         for pid, _state in leftovers:
             os.kill(pid, signal.SIGKILL)
     assert not leftovers, f"processes left running: {leftovers}"
