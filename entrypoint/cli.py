@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             mark_inherited_descriptors_cloexec()
             return Init(invocation.command, options, env, log).run()
-        if args.status or args.scale or args.reload:
+        if args.status or args.scale is not None or args.reload:
             return steer_pool(args, env)
         return run_pool(args, log)
     except UsageError as error:
@@ -261,15 +261,20 @@ def run_pool(args: argparse.Namespace, log: Log) -> int:
     """The pool: load the config (or the environment), then supervise; --check only reports."""
     from pathlib import Path
 
-    from entrypoint.config import ConfigError, load_config, read_dotenv
+    from entrypoint.config import ConfigError, find_config_file, load_config, read_dotenv
 
     cwd = Path.cwd()
     try:
         read_dotenv(cwd, os.environ)  # before anything reads the environment; never overrides it
         stop = stop_policy(args, os.environ)
 
+        # A reload reads the file found at start, even if it is gone by then: never another
+        # file, nor the environment, by surprise.
+        found = find_config_file(args.config, os.environ, cwd)
+        path = str(found) if found is not None else None
+
         def load():
-            return load_config(args.config, os.environ, cwd)
+            return load_config(path, os.environ, cwd)
 
         config = load()
     except ConfigError as error:
@@ -321,7 +326,7 @@ def steer_pool(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from entrypoint.control import default_socket_path, request
 
     path = args.socket or default_socket_path(env)
-    if args.scale:
+    if args.scale is not None:
         group, sep, count = args.scale.rpartition("=")
         if not sep or not count.isdigit():
             raise UsageError(f"--scale: expected GROUP=N, got {args.scale!r}")

@@ -79,7 +79,13 @@ class Problem:
 
     def __str__(self) -> str:
         where = self.source if self.line is None else f"{self.source}:{self.line}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return _printable(text)
+
+
+def _printable(text: str) -> str:
+    """One line whatever a name holds: control characters are shown escaped, never obeyed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(Exception):
@@ -163,6 +169,10 @@ def read_dotenv(cwd: Path, environ: MutableMapping[str, str]) -> Path | None:
         raise _one(".env", None, "", "cannot read: not UTF-8 text") from None
     # Literal values, as Docker's --env-file reads them: python-dotenv would interpolate from
     # os.environ rather than from the environment we were handed.
+    unparsable = _unparsable_dotenv_lines(text)
+    if unparsable:  # before python-dotenv reads it, or it warns on stderr in its own words
+        raise ConfigError(Problem(".env", line, "", "cannot parse this line (expected NAME=value)")
+                          for line in unparsable)
     values = dotenv_values(stream=io.StringIO(text), interpolate=False)
     problems = []
     for name, value in values.items():
@@ -175,6 +185,13 @@ def read_dotenv(cwd: Path, environ: MutableMapping[str, str]) -> Path | None:
     if problems:
         raise ConfigError(problems)
     return path
+
+
+def _unparsable_dotenv_lines(text: str) -> list[int]:
+    """Lines python-dotenv would skip with a warning of its own (unprefixed, on stderr)."""
+    from dotenv.parser import parse_stream
+
+    return [binding.original.line for binding in parse_stream(io.StringIO(text)) if binding.error]
 
 
 def _locate(explicit: str | None, env: Mapping[str, str], cwd: Path) -> tuple[Path, str] | None:
@@ -323,8 +340,8 @@ def _queues(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(","))
     if not all(names):
         raise ValueError(f"expected queue names separated by commas, got {_got(text)}")
-    if "\0" in text:
-        raise ValueError("a queue name cannot contain a NUL character")
+    if any(not c.isprintable() and c != " " for c in text):
+        raise ValueError("a queue name cannot contain control characters (NUL, newline, tab ...)")
     return names
 
 

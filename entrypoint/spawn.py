@@ -80,7 +80,12 @@ def spawn(
     if terminal is None and not callable(target):
         return _posix_spawn(target, env, output)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
     if pid == 0:
         _become(target, env, terminal, output, write_end)
     os.close(write_end)
@@ -103,6 +108,8 @@ def _posix_spawn(argv: Sequence[str], env: Mapping[str, str] | None, output: int
             file_actions=redirect, setpgroup=0, setsigmask=(), setsigdef=_DEFAULT_ON_EXEC,
         )
     except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.ENOMEM):
+            raise  # the fork itself failed (a pids limit, no memory): trouble of the moment
         raise SpawnError(argv[0], error.errno or errno.EACCES) from None
     return Child(pid)
 

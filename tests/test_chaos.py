@@ -30,8 +30,9 @@ from pathlib import Path
 
 import pytest
 from conftest import PROGRAMS, Runner, children_of, marked_processes, wait_for
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from redis_fixture import free_port, stop_redis
 from test_supervisor import WORKER, Pool, signals_to
 
 pytestmark = pytest.mark.chaos
@@ -151,18 +152,43 @@ def signals_pending(pid: int) -> bool:
 
 
 class ChaosPool(Pool):
-    """test_supervisor's Pool, with a choice of worker command (None: the default RQ worker)."""
+    """test_supervisor's Pool, with a choice of worker command (None: the default RQ worker), and
+    its output read as it comes: a storm logs more than a pipe holds, and a manager blocked on a
+    full pipe would look hung."""
 
     def __init__(self, runner: Runner, tmp_path: Path, config: str, *args: str,
                  command: list[str] | None = WORKER, **kwargs) -> None:
         self.command = command
         super().__init__(runner, tmp_path, config, *args, **kwargs)
+        self.lines: list[str] = []
+        self.readers = [threading.Thread(target=self._read, args=(stream,), daemon=True)
+                        for stream in (self.process.stdout, self.process.stderr)]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, stream) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for line in stream:
+                self.lines.append(line)
+
+    def finish(self, timeout: float = 20) -> tuple[int, str]:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the pool did not exit within {timeout}s")
+        for reader in self.readers:
+            reader.join(5)
+        return self.process.returncode, "".join(self.lines)
 
     def write_config(self, text: str) -> None:
         if self.config.is_dir():
             self.config.rmdir()
         block = "pool:\n" if self.command is None else f"pool:\n  command: {json.dumps(self.command)}\n"
         self.config.write_text(text + block + "  term_timeout: 3\n" + self.settings)
+
+    def said(self, words: str) -> int:
+        """How many lines of output so far hold `words`."""
+        return sum(words in line for line in list(self.lines))
 
     def rows(self) -> list[dict]:
         return self.status()["workers"]
@@ -210,7 +236,7 @@ def names(**counts: int) -> set[str]:
 
 
 def test_kill_storm_pool_recovers_within_backoff_no_zombies_flat_fds_and_rss(runner, tmp_path, chaos):
-    slots = 4
+    slots = 6
     pool = ChaosPool(runner, tmp_path, f"q: {slots}\n", settings=BACKOFF)
     first = pool.wait_running(slots)
     # Warm-up: one kill and its replacement, so every code path has run before we measure.
@@ -261,7 +287,8 @@ def test_kill_storm_pool_recovers_within_backoff_no_zombies_flat_fds_and_rss(run
     zombies_now = zombie_children(pool.pid)
     time.sleep(0.3)
     fds_after, rss_after = open_fds(pool.pid), rss_kib(pool.pid)
-    FIGURES.update(kills_survived=len(kills), kill_storm_seconds=chaos.seconds, kill_rate=KILL_RATE,
+    FIGURES.update(kills_survived=len(kills), kill_moments=count, kill_storm_seconds=chaos.seconds,
+                   kill_rate=KILL_RATE, pool_size=slots,
                    most_zombies_seen=most_zombies, recovery_seconds=round(recovery, 2),
                    manager_fd_delta=fds_after - fds_before, manager_rss_delta_kib=rss_after - rss_before)
     assert zombies_now == 0
@@ -310,7 +337,7 @@ def test_signal_storm_no_crash_and_a_final_hup_restores_the_file(runner, tmp_pat
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
 )
-# Each broken file, and what it is, for the message when one of them loads after all.
+# Each broken file, and what it is, for the message when one of them is not refused.
 BROKEN: list[tuple[str, bytes | str | None]] = [
     ("yaml syntax", "keep: 2\nvary: [not, a, count\n"),
     ("count over the cap", "keep: 2\nvary: 1001\n"),
@@ -348,6 +375,11 @@ def put(path: Path, content: bytes | str | None) -> None:
         path.write_text(content)
 
 
+def reloads_logged(pool: ChaosPool) -> tuple[int, int]:
+    """(reloads done, reloads refused) as the manager's log tells."""
+    return pool.said("entrypoint: reload: "), pool.said("reload failed: the running pool is unchanged")
+
+
 def test_reload_storm_good_and_broken_files(runner, tmp_path, chaos):
     def good(round_: int, count: int) -> str:
         # `vary` changes its command (a round marker) and its count; `keep` never changes.
@@ -365,11 +397,16 @@ def test_reload_storm_good_and_broken_files(runner, tmp_path, chaos):
             last = (i, rng.randint(0, 3))
             pool.write_config(good(*last))
             good_reloads += 1
+            what = f"good file {i}"
         else:
-            put(config, BROKEN[(i // 2 - 1) % len(BROKEN)][1])
+            what, content = BROKEN[(i // 2 - 1) % len(BROKEN)]
+            put(config, content)
             broken_reloads += 1
         pool.kill(signal.SIGHUP)
         pool.status()  # answered only after the HUP has been read, so each file gets its own reload
+        logged = (good_reloads, broken_reloads)
+        wait_for(lambda logged=logged: reloads_logged(pool) == logged, 5,
+                 f"the reload of {what} to be logged as {'done' if i % 2 else 'refused'}")
         now = {k: v for k, v in pool.live().items() if k.startswith("keep.")}
         if now != keep:
             moved.append((i, now))
@@ -456,6 +493,7 @@ def test_fork_failure_is_survived_retried_with_backoff_and_recovers(runner, tmp_
     pool = ChaosPool(runner, tmp_path, "q: 0\n", "--config", str(config), settings=BACKOFF)
     wait_for(lambda: pool.alive() and os.path.exists(pool.socket), 10, "the pool's socket")
     pool.status()
+    # The manager has no child yet: moved now, everything it starts is counted in the group.
     (pids_cgroup / "pids.max").write_text("3")  # the manager and two workers
     (pids_cgroup / "cgroup.procs").write_text(str(pool.pid))
     fds_before = open_fds(pool.pid)
@@ -466,12 +504,12 @@ def test_fork_failure_is_survived_retried_with_backoff_and_recovers(runner, tmp_
 
     pool.write_config("q: 5\n")
     pool.kill(signal.SIGHUP)
-    wait_for(lambda: fork_failures() >= 9, 10, "three rounds of failed forks")
+    window = 2.0
+    time.sleep(window)
+    failed_in_window = fork_failures()
     assert pool.alive(), "the manager died when fork failed"
     assert len(pool.wait_running(2)) == 2
     rows = {f"{w['group']}.{w['slot']}": w for w in pool.rows()}
-    waiting = [w for w in rows.values() if w["state"].startswith("backoff")]
-    assert waiting and all("fork failed" in (w["last_exit"] or "") for w in waiting), rows
     fds_while_failing = open_fds(pool.pid)
 
     (pids_cgroup / "pids.max").write_text("max")
@@ -484,15 +522,33 @@ def test_fork_failure_is_survived_retried_with_backoff_and_recovers(runner, tmp_
     FIGURES.update(fork_failures=failures, fork_recovery_seconds=round(recovery, 2),
                    fork_fd_delta=fds_after - fds_before)
     assert code == 0, output[-3000:]
-    assert recovery <= BACKOFF_MAX + MARGIN
-    assert "cannot fork (Resource temporarily unavailable); retrying in" in output
     assert not manager_traceback(output), output[-5000:]
-    # A failed fork must not cost descriptors: spawn() opens its exec-report pipe before fork().
-    assert fds_while_failing <= fds_before + FD_SLACK, (
-        f"the manager's descriptors grew from {fds_before} to {fds_while_failing} after "
-        f"{failures} failed forks: spawn() leaks its pipe when fork() raises"
-    )
-    assert fds_after <= fds_before + FD_SLACK
+    # Three slots could not start: each retried, with backoff (no spin), and all ran once allowed.
+    assert 3 <= failed_in_window <= 3 * (window / BACKOFF_MIN + 2), failed_in_window
+    assert recovery <= BACKOFF_MAX + MARGIN
+    assert fds_while_failing <= fds_before + FD_SLACK and fds_after <= fds_before + FD_SLACK, (
+        fds_before, fds_while_failing, fds_after)
+    # Said as what it is: fork trouble (EAGAIN from the pids limit), not a bad command.
+    waiting = [w for w in rows.values() if w["pid"] is None]
+    assert "cannot fork (Resource temporarily unavailable); retrying in" in output, output[-3000:]
+    assert "a configuration error" not in output, output[-3000:]
+    assert waiting and all("fork failed" in (w["last_exit"] or "") for w in waiting), rows
+
+
+def test_a_failed_fork_costs_no_descriptors(monkeypatch):
+    """spawn()'s fork path (a terminal, or a callable) opens its exec-report pipe before fork():
+    when fork() raises, both ends must be closed, or every retry leaks two descriptors."""
+    from entrypoint import spawn as spawning
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(spawning.os, "fork", no_fork)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        with pytest.raises(OSError):
+            spawning.spawn(lambda: 0)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 # --- 5. the worker command disappears or loses its execute bit ---------------------------------
@@ -548,15 +604,8 @@ def test_worker_command_loses_execute_bit_or_vanishes_then_comes_back(runner, tm
 # --- 6. Redis stopped and restarted under a pool of RQ workers ---------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_redis(port: int, directory: Path) -> subprocess.Popen:
+    """redis_fixture's server, but on a port we choose: a restart must come back on the same one."""
     import redis
 
     binary = shutil.which("redis-server")
@@ -581,16 +630,6 @@ def start_redis(port: int, directory: Path) -> subprocess.Popen:
 
     wait_for(answers, 10, f"redis-server on port {port}")
     return process
-
-
-def stop_redis(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_redis_restart_under_a_pool_of_rq_workers(runner, tmp_path, chaos):
@@ -637,7 +676,9 @@ def test_redis_restart_under_a_pool_of_rq_workers(runner, tmp_path, chaos):
 def clean_exit(result: subprocess.CompletedProcess, allowed: set[int]) -> list[str]:
     """What is wrong with how `entrypoint` ended: an exit outside `allowed`, a traceback, stray lines."""
     wrong = []
-    if result.returncode not in allowed:
+    if result.returncode is None:
+        wrong.append(f"still running after {QUICK:g}s (KILLed): {result.stdout[-300:]!r}")
+    elif result.returncode not in allowed:
         wrong.append(f"exit {result.returncode}, expected one of {sorted(allowed)}")
     if "Traceback" in result.stdout + result.stderr:
         wrong.append("a traceback")
@@ -652,20 +693,52 @@ def clean_exit(result: subprocess.CompletedProcess, allowed: set[int]) -> list[s
     return wrong
 
 
+QUICK = 5.0  # seconds: a --check, an init running `true` or a steering request takes well under one
+
+
+def kill_tree(pid: int) -> None:
+    """KILL a process and everything below it (stopped first, so it cannot replace what we kill)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    below, parents = set(), {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat[stat.rfind(")") + 2:].split()[1])
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    for victim in [*below, pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
 def run_quietly(runner: Runner, args: list, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """One `python -m entrypoint` run, bytes in and text out, counted as one input tried."""
+    """One `python -m entrypoint` run, text out, counted as one input tried.
+
+    One that has not ended after QUICK seconds is KILLed with all it started, and comes back
+    with returncode None: these runs must never start anything that keeps running.
+    """
     environment = runner.env(POOL_SOCKET=str(cwd / "no-pool.sock"))
     for name in ("POOL_CONFIG", "RESQUE_POOL_CONFIG", "WORKER_CONCURRENCY", "WORKER_COMMAND", "QUEUES",
                  "APP_ENV", "RACK_ENV", "RAILS_ENV", "RESQUE_ENV", "TERM_DELAY", "TERM_SENT_TO_ALL",
                  "MEMORY_LIMIT", "EXIT_ON_CRASH_LOOP"):
         environment.pop(name, None)
     environment.update(env or {})
-    result = subprocess.run([sys.executable, "-m", "entrypoint", *args], env=environment, cwd=cwd,
-                            capture_output=True, timeout=30, start_new_session=True)
+    process = subprocess.Popen([sys.executable, "-m", "entrypoint", *args], env=environment, cwd=cwd,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     add("inputs_tried", 1)
-    return subprocess.CompletedProcess(result.args, result.returncode,
-                                       result.stdout.decode("utf-8", "replace"),
-                                       result.stderr.decode("utf-8", "replace"))
+    try:
+        out, err = process.communicate(timeout=QUICK)
+        code = process.returncode
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        out, err = process.communicate()
+        code = None
+    return subprocess.CompletedProcess(process.args, code, out.decode("utf-8", "replace"),
+                                       err.decode("utf-8", "replace"))
 
 
 ODD_NAMES = [
@@ -768,6 +841,21 @@ def test_every_problem_stays_on_one_line_whatever_the_names_hold(runner, tmp_pat
     assert not clean_exit(result, {2}), f"{label}: {result.stderr!r}"
 
 
+def test_empty_scale_is_a_usage_error_not_a_second_pool(runner, tmp_path):
+    """`entrypoint --scale "$SPEC"` with SPEC empty must say so, not start a pool of its own."""
+    result = run_quietly(runner, ["--scale", "", "--socket", str(tmp_path / "none.sock")], tmp_path)
+    assert not clean_exit(result, {2}), result
+
+
+def test_a_malformed_dotenv_line_is_reported_with_our_prefix(runner, tmp_path):
+    """python-dotenv warns through `logging` about a line it cannot parse: that line reached stderr
+    bare (no `entrypoint: `), and the pool started with the line silently dropped."""
+    (tmp_path / "pool.yml").write_text("q: 1\n")
+    (tmp_path / ".env").write_text("GOOD=1\nthis is not a statement\n")
+    result = run_quietly(runner, ["--check"], tmp_path, {"WORKER_COMMAND": "work {queues}"})
+    assert not clean_exit(result, {0, 2}), result.stderr
+
+
 def test_unreadable_pool_file(runner, tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root reads any file: unreadable cannot be tested as root")
@@ -816,8 +904,11 @@ def optional(strategy):
 
 
 def property_settings(chaos: Chaos, share: float = 1.0):
+    # No shrinking: each step would cost a subprocess (and a hang QUICK seconds); the example as
+    # found, with the arguments in the assertion message, is enough to reproduce.
     return settings(max_examples=max(5, int(chaos.examples * share)), deadline=None, database=None,
-                    derandomize=not chaos.long, suppress_health_check=list(HealthCheck))
+                    derandomize=not chaos.long, suppress_health_check=list(HealthCheck),
+                    phases=[Phase.explicit, Phase.reuse, Phase.generate], report_multiple_bugs=False)
 
 
 def arguments(pairs: list[tuple[str, str | None]]) -> list[str]:
