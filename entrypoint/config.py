@@ -14,6 +14,7 @@ from typing import NoReturn, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from entrypoint.console import one_line
 from entrypoint.memory import parse_size
 from entrypoint.signals import parse_signal
 
@@ -80,12 +81,7 @@ class Problem:
     def __str__(self) -> str:
         where = self.source if self.line is None else f"{self.source}:{self.line}"
         text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-        return _printable(text)
-
-
-def _printable(text: str) -> str:
-    """One line whatever a name holds: control characters are shown escaped, never obeyed."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return one_line(text)
 
 
 class ConfigError(Exception):

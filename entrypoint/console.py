@@ -21,6 +21,11 @@ ERROR, WARNING, INFO, DEBUG, TRACE = range(5)
 _STYLES = {ERROR: "bold red", WARNING: "yellow", INFO: "", DEBUG: "dim", TRACE: "dim"}
 
 
+def one_line(text: str) -> str:
+    """One line whatever a name or path holds: control characters are shown escaped, never obeyed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Log:
     """Plain lines on stderr: what the init writes, with nothing heavy imported.
 
@@ -60,7 +65,7 @@ class Log:
             self.emit(TRACE, message)
 
     def emit(self, level: int, message: str) -> None:
-        self.write_line(f"{PREFIX}: {message}")
+        self.write_line(f"{PREFIX}: {one_line(message)}")
 
     def write_line(self, line: str) -> None:
         # A closed log pipe must not take the init down with it.
@@ -82,6 +87,7 @@ class PoolLog(Log):
 
     def emit(self, level: int, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
+        message = one_line(message)
         if self._console is None:
             self.write_line(f"{stamp} {PREFIX}: {message}")
             return
