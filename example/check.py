@@ -59,15 +59,18 @@ def tally(connection, ids: list[str] | None = None) -> Tally:
     """Where every enqueued job is now."""
     if ids is None:
         ids = sorted(member.decode() for member in connection.smembers(ENQUEUED))
-    runs = {key.decode(): int(value) for key, value in connection.hgetall(RUNS).items()}
     queued, intermediate, failed = set(), set(), set()
     for name in QUEUES:
         queue = Queue(name, connection=connection)
         queued.update(queue.get_job_ids())
         intermediate.update(queue.intermediate_queue.get_job_ids())
         failed.update(FailedJobRegistry(queue=queue).get_job_ids())
+    jobs = Job.fetch_many(ids, connection=connection)
+    # Runs are read last: a job counts its run before RQ marks it finished, so every job seen
+    # finished above has its run counted here (read first, a job finishing in between looks wrong).
+    runs = {key.decode(): int(value) for key, value in connection.hgetall(RUNS).items()}
     result = Tally()
-    for job_id, job in zip(ids, Job.fetch_many(ids, connection=connection), strict=True):
+    for job_id, job in zip(ids, jobs, strict=True):
         bucket = _bucket(job, runs.get(job_id, 0), job_id in queued, job_id in intermediate,
                          job_id in failed)
         result.buckets[bucket].append(job_id)
