@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import select
@@ -27,6 +28,8 @@ EXIT_CRASH_LOOP = 3
 
 PASSED_TO_WORKERS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT})
 KILL_RETRY_SECONDS = 0.1
+# With TERM sent to every process by the platform, a worker's replacement waits this long.
+PLATFORM_TERM_SETTLE = 1.0
 # Memory is sampled every pool.memory_interval while ceilings, `auto` or the pool guard need
 # fresh numbers, else only for the periodic summary line.
 SUMMARY_SECONDS = 60.0
@@ -362,6 +365,10 @@ class Supervisor:
                 expected=worker.stop_sent is not None, now=now, backoff=self.backoff,
                 jitter=self.random.random(), description=description,
             )
+            if self.options.stop.term_sent_to_all and worker.stop_sent is None:
+                # On Heroku an exit may be the platform's TERM arriving a moment before ours:
+                # a replacement started in between would never get a TERM at all.
+                history = dataclasses.replace(history, not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
             self.history[worker.key] = history
             if worker.stop_sent is not None:
                 self.log.info(f"{worker.name} pid {pid} stopped: {description}")
