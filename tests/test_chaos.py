@@ -801,12 +801,7 @@ def test_hostile_pool_files_exit_0_or_2_with_one_line_errors(runner, tmp_path):
         work = tmp_path / f"case-{index}"
         work.mkdir()
         path = work / "pool.yml"
-        if content == "DIRECTORY":
-            path.mkdir()
-        elif isinstance(content, bytes):
-            path.write_bytes(content)
-        elif content is not None:
-            path.write_text(content)
+        put(path, content)
         started = time.monotonic()
         result = run_quietly(runner, ["--check", "--config", str(path)], work,
                              {"EVIL": f"$(touch {pwned})", "WORKER_COMMAND": "work {queues}"})
