@@ -62,11 +62,11 @@ class Init:
         self.stopping = False  # a TERM/INT arrived
         self.killing = False  # the deadline passed: KILL whatever still appears
         self.swept = False  # the leftovers got their TERM after the child exited
+        # In a terminal (and not PID 1, which cannot be stopped) we follow the child's Ctrl-Z.
+        self.terminal = controlling_terminal() if os.getpid() != 1 else None
 
     def run(self) -> int:
         inbox = prepare_process(self.log)
-        # In a terminal (and not PID 1, which cannot be stopped) we follow the child's Ctrl-Z.
-        self.terminal = controlling_terminal() if os.getpid() != 1 else None
         try:
             self.child = spawn(self.command.argv, self.env, terminal=self.terminal)
         except SpawnError as error:
