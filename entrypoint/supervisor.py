@@ -520,6 +520,7 @@ class Supervisor:
 
     def status(self) -> dict:
         now = time.monotonic()
+        self.manager_pss = memory.read_pss(os.getpid()) or self.manager_pss  # ours is one cheap read
         running = {w.key: w for w in self.workers.values()}
         rows = []
         keys = set(running) | {(name, slot) for name, (_, count) in self.effective_desired().items()

@@ -310,7 +310,9 @@ def test_status_json_and_scale_and_reload_over_the_socket(runner, tmp_path):
     control = ["--socket", pool.socket]
     status = runner.run([*control, "--status", "--json"])
     assert status.returncode == 0, status.stderr
-    rows = json.loads(status.stdout)["workers"]
+    reply = json.loads(status.stdout)
+    assert reply["memory"]["manager"] > 1024 * 1024, "the manager's own memory is reported"
+    rows = reply["workers"]
     assert [(r["group"], r["slot"], r["state"]) for r in rows] == [("a", 1, "running")]
     table = runner.run([*control, "--status"])
     assert "a" in table.stdout and "running" in table.stdout
