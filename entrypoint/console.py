@@ -156,10 +156,12 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
     if as_json or command != "status":
         print(json.dumps(reply, indent=2 if as_json else None))
         return
+    from entrypoint.memory import format_bytes
+
     rows = [
         (w["group"], w["slot"], w["pid"] or "-", w["state"],
          f"{w['uptime']:.0f}s" if w["uptime"] is not None else "-", w["restarts"],
-         w["last_exit"] or "-")
+         w["last_exit"] or "-", format_bytes(w["memory"]) if w["memory"] else "-")
         for w in reply["workers"]
     ]
     title = f"pool {reply['pool_id']} (manager pid {reply['manager_pid']})"
@@ -167,7 +169,10 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
         title += ": stopping"
     elif reply.get("paused"):
         title += ": paused (WINCH; HUP resumes)"
-    print_table(title, ("group", "slot", "pid", "state", "uptime", "restarts", "last exit"), rows)
+    print_table(title, ("group", "slot", "pid", "state", "uptime", "restarts", "last exit", "memory"), rows)
+    used = reply["memory"]
+    limit = f"of {format_bytes(used['limit'])} from {used['limit_source']}" if used["limit"] else "no limit known"
+    print(f"memory: {format_bytes(used['total'])} in all, the manager {format_bytes(used['manager'])}; {limit}")
 
 
 class PrefixedOutput:

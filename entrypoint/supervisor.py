@@ -208,13 +208,7 @@ class Supervisor:
         self.next_sample = now + (self.config.memory_interval if self.memory_watched() else SUMMARY_SECONDS)
         if not self.worth_measuring(now):
             return
-        index = reaper.children_index(reaper.process_table())
-        for worker in self.workers.values():
-            worker.pss = memory.tree_pss(worker.pid, index)
-            if worker.pss is not None:
-                worker.peak_pss = max(worker.peak_pss, worker.pss)
-                worker.samples += 1
-        self.manager_pss = memory.read_pss(os.getpid()) or 0
+        self.measure()
         if self.stopping:
             return
         self.recycle_over_ceiling(now)
@@ -223,6 +217,16 @@ class Supervisor:
         if now >= self.next_summary:
             self.next_summary = now + SUMMARY_SECONDS
             self.log.info(self.memory_summary())
+
+    def measure(self) -> None:
+        """PSS of every worker with its children (one walk over /proc), and of the manager."""
+        index = reaper.children_index(reaper.process_table())
+        for worker in self.workers.values():
+            worker.pss = memory.tree_pss(worker.pid, index)
+            if worker.pss is not None:
+                worker.peak_pss = max(worker.peak_pss, worker.pss)
+                worker.samples += 1
+        self.manager_pss = memory.read_pss(os.getpid()) or 0
 
     def total_pss(self) -> int:
         return self.manager_pss + sum(w.pss or 0 for w in self.workers.values())
@@ -520,7 +524,7 @@ class Supervisor:
 
     def status(self) -> dict:
         now = time.monotonic()
-        self.manager_pss = memory.read_pss(os.getpid()) or self.manager_pss  # ours is one cheap read
+        self.measure()  # someone asked: fresh numbers are worth one walk over /proc
         running = {w.key: w for w in self.workers.values()}
         rows = []
         keys = set(running) | {(name, slot) for name, (_, count) in self.effective_desired().items()
@@ -560,8 +564,10 @@ class Supervisor:
             f"{self.config.source}{env}; term timeout {self.term_timeout():g}s"
             + ("; TERM comes from the platform" if self.options.stop.term_sent_to_all else "")
         )
-        limit = memory.format_bytes(self.limit.bytes) if self.limit.bytes else "none"
-        self.log.info(f"memory limit: {limit} ({self.limit.source})")
+        if self.limit.bytes:
+            self.log.info(f"memory limit: {memory.format_bytes(self.limit.bytes)} from {self.limit.source}")
+        else:
+            self.log.info(f"memory limit: none ({self.limit.source})")
         for name, (spec, count) in self.desired.items():
             if spec.auto and self.limit.bytes is None:
                 self.log.info(f"auto: {name} runs {count} workers (no memory limit known: 2 x CPUs + 1, "

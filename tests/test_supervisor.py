@@ -316,6 +316,8 @@ def test_status_json_and_scale_and_reload_over_the_socket(runner, tmp_path):
     assert [(r["group"], r["slot"], r["state"]) for r in rows] == [("a", 1, "running")]
     table = runner.run([*control, "--status"])
     assert "a" in table.stdout and "running" in table.stdout
+    assert "memory: " in table.stdout and "in all, the manager" in table.stdout
+    assert rows_memory(status.stdout), "every running worker's memory is shown"
     assert runner.run([*control, "--scale", "a=3"]).returncode == 0
     pool.wait_running(3)
     assert runner.run([*control, "--scale", "nope=3"]).returncode == 2
@@ -323,6 +325,10 @@ def test_status_json_and_scale_and_reload_over_the_socket(runner, tmp_path):
     pool.wait_running(1)  # the file says 1: a reload makes the file the truth again
     pool.kill(signal.SIGTERM)
     assert pool.finish()[0] == 0
+
+
+def rows_memory(status_json: str) -> bool:
+    return all(row["memory"] and row["memory"] > 0 for row in json.loads(status_json)["workers"])
 
 
 def test_status_with_no_pool_exits_4(runner, tmp_path):
