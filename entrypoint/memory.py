@@ -81,7 +81,7 @@ def find_memory_limit(
         if level == mount_point:
             break
     if best is None:
-        return MemoryLimit(None, "no limit found (cgroup says max)", directory, version)
+        return MemoryLimit(None, "the cgroup says max", directory, version)
     return MemoryLimit(best[0], f"cgroup v{version} {best[1]}", directory, version)
 
 

@@ -213,7 +213,7 @@ def test_own_limit_is_consistent() -> None:
     assert isinstance(found, MemoryLimit)
     if found.bytes is None:
         assert found.source in (
-            "no limit found (cgroup says max)",
+            "the cgroup says max",
             "no cgroup memory controller found",
         )
     else:
@@ -294,7 +294,7 @@ def test_v2_max_everywhere_means_no_limit(tmp_path: Path) -> None:
     (mount / "app" / "memory.current").write_text("12345\n")
     (mount / "app" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
     found = find_memory_limit(None, {}, proc)
-    assert found == MemoryLimit(None, "no limit found (cgroup says max)", mount / "app", 2)
+    assert found == MemoryLimit(None, "the cgroup says max", mount / "app", 2)
     assert read_usage(2, mount / "app") == 12345
     assert read_oom_kills(2, mount / "app") == 2
     (mount / "app" / "memory.max").write_text(f"{256 * MiB}\n")
