@@ -44,12 +44,21 @@ def marked_processes(mark: str, variable: str = MARK) -> list[tuple[int, str]]:
             continue
         try:
             environ = Path(f"/proc/{entry}/environ").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        if needle in environ.split(b"\0"):
-            found.append((int(entry), stat[stat.rfind(")") + 2]))
+        state = process_state(int(entry))
+        if state is not None and needle in environ.split(b"\0"):
+            found.append((int(entry), state))
     return found
+
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter (R, S, Z ...), None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2]
 
 
 def children_of(pid: int) -> list[int]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAMS, Runner, children_of, marked_processes, wait_for
+from conftest import PROGRAMS, Runner, children_of, marked_processes, process_state, wait_for
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from redis_fixture import free_port, stop_redis
@@ -116,16 +116,8 @@ def add(name: str, amount: int) -> None:
 # --- /proc --------------------------------------------------------------------------------------
 
 
-def proc_state(pid: int) -> str | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2]
-
-
 def zombie_children(pid: int) -> int:
-    return sum(proc_state(child) == "Z" for child in children_of(pid))
+    return sum(process_state(child) == "Z" for child in children_of(pid))
 
 
 def open_fds(pid: int) -> int:
@@ -198,7 +190,7 @@ class ChaosPool(Pool):
         return {f"{w['group']}.{w['slot']}": w["pid"] for w in self.rows() if w["state"] == "running"}
 
     def alive(self) -> bool:
-        return self.process.poll() is None and proc_state(self.pid) not in (None, "Z")
+        return self.process.poll() is None and process_state(self.pid) not in (None, "Z")
 
     def stop(self, runner: Runner) -> tuple[int, str]:
         """TERM, wait, and count what is left of this test's processes."""

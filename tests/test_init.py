@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENTRYPOINT, PROGRAMS, Runner, children_of, marked_processes, wait_for
+from conftest import ENTRYPOINT, PROGRAMS, Runner, children_of, marked_processes, process_state, wait_for
 
 from entrypoint import cli
 
@@ -100,17 +100,8 @@ def finish(process: subprocess.Popen, timeout: float = HANG) -> tuple[int, str, 
     return process.returncode, out_path.read_text() if out_path else "", read_err(process)
 
 
-def state(pid: int) -> str | None:
-    """The process's state letter, None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2]
-
-
 def alive(pid: int) -> bool:
-    return state(pid) not in (None, "Z")
+    return process_state(pid) not in (None, "Z")
 
 
 def cmdline(pid: int) -> list[str]:
@@ -187,7 +178,7 @@ def test_a_hundred_orphaned_grandchildren_leave_no_zombie(runner: Runner, tmp_pa
     # ... and every one of them has been reaped: the command is the init's only child left.
     child = the_child(init)
     assert RECORD in cmdline(child)
-    assert not [p for p in children_of(init) if state(p) == "Z"]
+    assert not [p for p in children_of(init) if process_state(p) == "Z"]
     os.kill(init, signal.SIGTERM)
     code, _, err = finish(process)
     assert code == 0, err
