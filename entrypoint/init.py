@@ -14,7 +14,7 @@ from typing import NamedTuple
 from entrypoint import reaper
 from entrypoint.cmdline import Command
 from entrypoint.console import Log
-from entrypoint.shutdown import STOP_SIGNALS, StopPolicy, earliest
+from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy, earliest
 from entrypoint.signals import Received, SignalInbox, child_changed, signal_name
 from entrypoint.spawn import Child, SpawnError, controlling_terminal, spawn
 
@@ -42,9 +42,6 @@ def prepare_process(log: Log) -> SignalInbox:
         else:
             log.warning("could not become a child subreaper: orphans will not come to us")
     return inbox
-
-
-KILL_RETRY_SECONDS = 0.1
 
 
 class Init:

@@ -10,6 +10,8 @@ from typing import NamedTuple
 HEROKU_TERM_TIMEOUT = 25.0
 DOCKER_TERM_TIMEOUT = 8.0
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# After the deadline's KILL, look again this soon: a process forked during the sweep escaped it.
+KILL_RETRY_SECONDS = 0.1
 
 
 class StopPolicy(NamedTuple):

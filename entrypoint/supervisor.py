@@ -18,7 +18,7 @@ from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
 from entrypoint.init import prepare_process
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
-from entrypoint.shutdown import STOP_SIGNALS, StopPolicy
+from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
 from entrypoint.signals import Received, child_changed, signal_name
 from entrypoint.spawn import SpawnError, spawn
 
@@ -27,7 +27,6 @@ EXIT_KILLED_AT_DEADLINE = 1
 EXIT_CRASH_LOOP = 3
 
 PASSED_TO_WORKERS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT})
-KILL_RETRY_SECONDS = 0.1
 # With TERM sent to every process by the platform, a worker's replacement waits this long.
 PLATFORM_TERM_SETTLE = 1.0
 # Memory is sampled every pool.memory_interval while ceilings, `auto` or the pool guard need
