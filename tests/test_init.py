@@ -626,8 +626,9 @@ def test_stacked_under_another_init_still_reaps_and_forwards(runner: Runner, tmp
     ppids, log = tmp_path / "ppids", tmp_path / "log"
     argv = [*outer, *ENTRYPOINT, PY, ORPHANS, "20", str(ppids), str(log)]
     process = start(runner, argv, starter=lambda args, **popen: start_raw(runner, args, **popen))
-    init = wait_for(lambda: (children_of(process.pid) or [None])[0], HANG, "our init to start")
-    assert "entrypoint" in cmdline(init)
+    # The outer init's child reads as an empty cmdline while it is inside execve: wait for ours.
+    init = wait_for(lambda: next((pid for pid in children_of(process.pid) if cmdline(pid)[:3] == ENTRYPOINT), None),
+                    HANG, "our init to start under the outer one")
     wait_ready(log, process)
     wait_for(lambda: len(words(ppids)) == 20, HANG, "20 orphans to report their new parent")
     assert set(words(ppids)) == {str(init)}  # adopted by our init as a subreaper
