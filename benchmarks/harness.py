@@ -288,17 +288,21 @@ class Launch:
         return wait_for(lambda: (children(self.popen.pid) or [0])[0], timeout,
                         "the namespace's PID 1 to start", alive=self.popen)
 
-    def read_line(self, timeout: float) -> bytes:
-        """One line of the process's stdout (a pipe); BenchError on timeout or end of file."""
+    def _next_chunk(self, deadline: float, silence: str) -> bytes:
+        """The next bytes of the process's stdout (b"" at end of file); BenchError(silence) when
+        nothing comes before the deadline."""
         assert self.popen.stdout is not None
         fd = self.popen.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise BenchError(silence)
+        return os.read(fd, 65536)
+
+    def read_line(self, timeout: float) -> bytes:
+        """One line of the process's stdout (a pipe); BenchError on timeout or end of file."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(0.0, left))
-            if not ready:
-                raise BenchError(f"no output within {timeout:g}s from {self.argv}")
-            chunk = os.read(fd, 65536)
+            chunk = self._next_chunk(deadline, f"no output within {timeout:g}s from {self.argv}")
             if not chunk:
                 raise BenchError(f"{self.argv} closed its output (exit {self.popen.poll()})")
             self._buffer += chunk
@@ -307,16 +311,10 @@ class Launch:
 
     def read_all(self, timeout: float) -> bytes:
         """Everything the process writes to stdout (a pipe) until it closes it."""
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
         deadline = time.monotonic() + timeout
         data = self._buffer
         while True:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(0.0, left))
-            if not ready:
-                raise BenchError(f"{self.argv} still writing after {timeout:g}s")
-            chunk = os.read(fd, 65536)
+            chunk = self._next_chunk(deadline, f"{self.argv} still writing after {timeout:g}s")
             if not chunk:
                 self._buffer = b""
                 return data
