@@ -61,7 +61,8 @@ def desired_counts(config: PoolConfig, limit: int | None, cpus: int) -> dict[str
     return counts
 
 
-def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str) -> dict[str, str]:
+def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str, term_timeout: float) -> dict[str, str]:
+    """The worker's environment: ours, the group's, then who it is and how long a stop gives it."""
     env = dict(base)
     env.update(spec.env)
     env.update(
@@ -70,6 +71,9 @@ def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str) ->
         POOL_SLOT=str(slot),
         POOL_WORKER=f"{spec.name}.{slot}",
         POOL_ID=pool_id,
+        # The grace a stop gives this worker before KILL: a worker that knows it can hand its
+        # job back in time instead of being killed mid-job.
+        POOL_TERM_TIMEOUT=f"{term_timeout:g}",
     )
     return env
 
@@ -298,7 +302,8 @@ class Supervisor:
         history = self.history.get(key, SlotHistory())
         output = self.output.open(f"{spec.name}.{slot}") if self.output else None
         try:
-            child = spawn(spec.argv, worker_env(self.env, spec, slot, self.pool_id), output=output)
+            env = worker_env(self.env, spec, slot, self.pool_id, self.term_timeout(spec))
+            child = spawn(spec.argv, env, output=output)
         except SpawnError as error:
             self.history[key] = pool.after_spawn_failure(history, now, self.backoff, str(error),
                                                          hopeless=True)

@@ -144,6 +144,7 @@ def test_each_worker_knows_its_queues_group_slot_and_pool():
     from entrypoint.supervisor import worker_env
 
     spec = dataclasses.replace(A, name="q1,q2", queues=("q1", "q2"), env=(("FLAVOUR", "x"),))
-    env = worker_env({"PATH": "/bin", "FLAVOUR": "base"}, spec, 3, "host:1")
+    env = worker_env({"PATH": "/bin", "FLAVOUR": "base"}, spec, 3, "host:1", 12.5)
     assert env == {"PATH": "/bin", "FLAVOUR": "x", "QUEUES": "q1,q2", "POOL_GROUP": "q1,q2",
-                   "POOL_SLOT": "3", "POOL_WORKER": "q1,q2.3", "POOL_ID": "host:1"}
+                   "POOL_SLOT": "3", "POOL_WORKER": "q1,q2.3", "POOL_ID": "host:1",
+                   "POOL_TERM_TIMEOUT": "12.5"}
