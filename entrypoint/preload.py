@@ -1,0 +1,334 @@
+"""Preloaded workers, the manager's side: what the template imports, starting, replacing and retiring it, asking it for forks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+from entrypoint import pool, reaper
+from entrypoint.config import Group, PoolConfig
+from entrypoint.console import Log
+from entrypoint.pool import Backoff, SlotHistory
+from entrypoint.spawn import spawn
+
+TEMPLATE_ARGV = (sys.executable, "-m", "entrypoint.template")
+# A template that has not answered a fork request after this long is hung: KILL and replace it.
+FORK_TIMEOUT = 10.0
+# An exit we reaped before the template told us the pid was a worker's is kept this long.
+UNCLAIMED_SECONDS = 30.0
+_MAX_MESSAGE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a template imports before it forks anything."""
+
+    modules: tuple[str, ...]
+    calls: tuple[str, ...]
+    after_fork: str | None
+
+    def message(self) -> dict:
+        return {"modules": list(self.modules), "calls": list(self.calls), "after_fork": self.after_fork}
+
+
+def setup_for(config: PoolConfig) -> Setup | None:
+    """The template a config needs: None when every group execs its command.
+
+    Everything a worker will run is imported in the template, so it is shared and a bad name
+    fails once, at start, not in every worker: the preload list, each `call:`'s module, the
+    module a forked default worker runs (`python -m MODULE`) and the worker class it names.
+    """
+    forked = [group for group in config.groups if group.forked]
+    if not forked:
+        return None
+    modules = list(config.preload)
+    calls = []
+    for group in forked:
+        if group.call is not None:
+            calls.append(group.call)
+            continue
+        target = fork_target(group)
+        modules.append(target["module"])
+        args = target["args"]
+        if "--worker-class" in args[:-1]:
+            modules.append(args[args.index("--worker-class") + 1].rpartition(".")[0])
+    return Setup(tuple(dict.fromkeys(modules)), tuple(dict.fromkeys(calls)), config.after_fork)
+
+
+def fork_target(spec: Group) -> dict:
+    """What the template runs in a forked worker: the group's callable, or `python -m MODULE ARGS`."""
+    if spec.call is not None:
+        return {"call": spec.call}
+    python, flag, module, *args = spec.argv
+    assert flag == "-m", f"a forked group runs a module: {spec.argv}"
+    return {"module": module, "args": args}
+
+
+def stamped(desired: Mapping[str, tuple[Group, int]], generation: int) -> dict[str, tuple[Group, int]]:
+    """Forked groups carry the template that forks them: a new template means new code, so every
+    worker of an older one no longer matches its group and is replaced, one slot at a time."""
+    return {name: (replace(spec, template=generation) if spec.forked else spec, count)
+            for name, (spec, count) in desired.items()}
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A fork we asked for and whose pid we do not know yet."""
+
+    spec: Group
+    slot: int
+    sent: float
+
+
+@dataclass
+class Template:
+    """One template process and what we asked of it."""
+
+    pid: int
+    generation: int
+    channel: socket.socket
+    started: float
+    ready: bool = False
+    retiring: bool = False  # asked to go: its exit is expected
+    closed: bool = False  # it closed its end: no more messages
+    pss: int | None = None
+    pending: dict[int, Pending] = field(default_factory=dict)
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+
+class Ready(NamedTuple):
+    template: Template
+    report: dict
+
+
+class Failed(NamedTuple):
+    """The template could not import what it was given: the app's error and traceback."""
+
+    template: Template
+    report: dict
+
+
+class Forked(NamedTuple):
+    spec: Group
+    slot: int
+    pid: int
+    started: float
+    exited: int | None  # its wait status, when we had reaped it before we knew it was a worker
+
+
+class ForkFailed(NamedTuple):
+    spec: Group
+    slot: int
+    error: str
+
+
+Event = Ready | Failed | Forked | ForkFailed
+
+
+class Templates:
+    """The template processes of one pool: at most one current and one candidate (a reload's)."""
+
+    def __init__(self, env: Mapping[str, str], log: Log, backoff: Backoff) -> None:
+        self.env = dict(env)
+        self.log = log
+        self.backoff = backoff
+        self.current: Template | None = None
+        self.candidate: Template | None = None
+        self.retired: list[Template] = []
+        self.setup: Setup | None = None  # what the current template imports
+        self.history = SlotHistory()
+        self.generation = 0
+        self.next_id = 0
+        self.unclaimed: dict[int, tuple[int, float]] = {}  # pid -> (wait status, when reaped)
+        self.reported_loop = False
+
+    # -- starting and retiring -----------------------------------------------------------------
+
+    def start(self, setup: Setup, now: float, output: int | None = None) -> Template:
+        """A new template process, told what to import; it answers Ready or Failed."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            child = spawn(TEMPLATE_ARGV, self.env, output=output, channel=theirs.fileno())
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.generation += 1
+        template = Template(child.pid, self.generation, ours, now)
+        self.send(template, setup.message())
+        self.log.info(f"template {template.generation} pid {template.pid}: importing "
+                      f"{', '.join(setup.modules + setup.calls) or 'nothing'}")
+        return template
+
+    def retire(self, template: Template | None) -> None:
+        """Closing its channel ends a ready template; one still importing is KILLed, its work unwanted."""
+        if template is None or template.retiring:
+            return
+        template.retiring = True
+        template.channel.close()
+        template.closed = True
+        if not template.ready:
+            reaper.send([template.pid], signal.SIGKILL)
+        if template is self.current:
+            self.current = None
+        if template is self.candidate:
+            self.candidate = None
+        self.retired.append(template)
+
+    def promote(self, template: Template, setup: Setup) -> None:
+        """The candidate is ready: it forks from now on; the old one goes."""
+        old = self.current
+        self.current, self.candidate, self.setup = template, None, setup
+        if old is not None:
+            self.retire(old)
+
+    def alive(self) -> list[Template]:
+        return [t for t in (self.current, self.candidate, *self.retired) if t is not None]
+
+    # -- forks ---------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self.current is not None and self.current.ready and not self.current.closed
+
+    def request_fork(self, spec: Group, slot: int, env: Mapping[str, str], now: float,
+                     output: int | None = None) -> None:
+        template = self.current
+        assert template is not None and template.ready
+        self.next_id += 1
+        request = {"id": self.next_id, "env": dict(env), **fork_target(spec)}
+        template.pending[self.next_id] = Pending(spec, slot, now)
+        self.send(template, request, output)
+
+    def starting(self) -> set[pool.SlotKey]:
+        """Slots whose worker is being forked: occupied, though no pid is known yet."""
+        return {(p.spec.name, p.slot) for t in self.alive() for p in t.pending.values()}
+
+    def hung(self, now: float) -> list[Template]:
+        return [t for t in self.alive()
+                if any(now - p.sent > FORK_TIMEOUT for p in t.pending.values())]
+
+    def send(self, template: Template, message: dict, fd: int | None = None) -> None:
+        data = json.dumps(message).encode()
+        try:
+            socket.send_fds(template.channel, [data], [fd] if fd is not None else [])
+        except OSError as error:
+            # It is gone or wedged: its exit (or our KILL) brings the replacement.
+            self.log.warning(f"template pid {template.pid}: cannot send ({error.strerror}): KILL")
+            reaper.send([template.pid], signal.SIGKILL)
+
+    # -- what the templates said ---------------------------------------------------------------
+
+    def read(self, template: Template, now: float) -> list[Event]:
+        events: list[Event] = []
+        while not template.closed:
+            try:
+                data = template.channel.recv(_MAX_MESSAGE)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                template.closed = True
+                break
+            events.extend(self.interpret(template, json.loads(data), now))
+        return events
+
+    def interpret(self, template: Template, message: dict, now: float) -> list[Event]:
+        if message.get("ready"):
+            template.ready = True
+            return [Ready(template, message)]
+        if "failed" in message:
+            return [Failed(template, message)]
+        pending = template.pending.pop(message.get("forked", message.get("fork_failed")), None)
+        if pending is None:
+            return []
+        if "fork_failed" in message:
+            return [ForkFailed(pending.spec, pending.slot, str(message.get("error")))]
+        pid = int(message["pid"])
+        exited = self.unclaimed.pop(pid, (None, 0.0))[0]
+        return [Forked(pending.spec, pending.slot, pid, pending.sent, exited)]
+
+    # -- exits ---------------------------------------------------------------------------------
+
+    def owner(self, pid: int) -> Template | None:
+        return next((t for t in self.alive() if t.pid == pid), None)
+
+    def on_exit(self, template: Template, status: int, now: float, jitter: float) -> str | None:
+        """Forget a template that exited; a warning line when it was not asked to go."""
+        template.channel.close()
+        if template in self.retired:
+            self.retired.remove(template)
+            return None
+        expected = template.retiring
+        if template is self.candidate:
+            self.candidate = None
+            return f"template {template.generation} pid {template.pid} {reaper.describe(status)} while importing"
+        self.current = None
+        lived = now - template.started
+        self.history = pool.after_exit(self.history, lived, expected=expected, now=now,
+                                       backoff=self.backoff, jitter=jitter,
+                                       description=reaper.describe(status))
+        wait = max(0.0, self.history.not_before - now)
+        line = (f"template {template.generation} pid {template.pid} {reaper.describe(status)} after "
+                f"{lived:.1f}s; running workers keep running; a new template "
+                + (f"in {wait:.1f}s" if wait else "now"))
+        if pool.crash_looping(self.history) and not self.reported_loop:
+            self.reported_loop = True
+            line += f" ({self.history.failures} quick exits in a row: backing off up to {self.backoff.maximum:g}s)"
+        return line
+
+    def keep_unclaimed(self, pid: int, status: int, now: float) -> bool:
+        """An exit of a pid we do not know, while forks are pending: perhaps a worker whose pid is
+        still on its way to us. Kept for a while; True when kept."""
+        self.unclaimed = {p: v for p, v in self.unclaimed.items() if now - v[1] < UNCLAIMED_SECONDS}
+        if not any(t.pending for t in self.alive()):
+            return False
+        self.unclaimed[pid] = (status, now)
+        return True
+
+    def due_restart(self, now: float) -> bool:
+        """No current template, one is wanted, and its backoff has run out."""
+        return (self.setup is not None and self.current is None and self.candidate is None
+                and self.history.not_before <= now)
+
+    def next_wakeup(self) -> float | None:
+        moments = [p.sent + FORK_TIMEOUT for t in self.alive() for p in t.pending.values()]
+        if self.setup is not None and self.current is None and self.candidate is None:
+            moments.append(self.history.not_before)
+        return min(moments, default=None)
+
+    def close(self) -> None:
+        for template in self.alive():
+            with contextlib.suppress(OSError):
+                template.channel.close()
+
+
+def describe_ready(template: Template, report: dict) -> str:
+    line = f"template {template.generation} pid {template.pid} ready in {report.get('seconds', 0):g}s"
+    if report.get("sockets_closed"):
+        line += (f"; it closed {report['sockets_closed']} connection(s) the app opened while importing "
+                 "(each worker opens its own: redis-py does by itself, others in after_fork)")
+    return line
+
+
+def thread_warning(report: dict) -> str | None:
+    threads = report.get("threads", 0)
+    if not threads:
+        return None
+    return (f"the preloaded app started {threads} thread(s) while importing: a forked worker has only "
+            "the thread that forked it, and a lock another thread held stays locked in the worker. "
+            "Start threads in after_fork instead")
+
+
+def failure_lines(report: dict) -> tuple[str, str]:
+    """The one line naming what failed to import, and the app's own traceback."""
+    return (f"preload: cannot import {report.get('failed')}: {report.get('error')}",
+            str(report.get("traceback", "")))
+
