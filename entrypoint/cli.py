@@ -22,8 +22,8 @@ from entrypoint.shutdown import (
 from entrypoint.signals import parse_rewrite
 
 if TYPE_CHECKING:  # the pool's modules are imported only when the pool runs
-    from entrypoint.config import PoolConfig
     from entrypoint.memory import MemoryLimit
+    from entrypoint.poolconfig import PoolConfig
 
 T = TypeVar("T")
 
@@ -261,7 +261,8 @@ def run_pool(args: argparse.Namespace, log: Log) -> int:
     """The pool: load the config (or the environment), then supervise; --check only reports."""
     from pathlib import Path
 
-    from entrypoint.config import ConfigError, find_config_file, load_config, read_dotenv
+    from entrypoint.config import find_config_file, load_config, read_dotenv
+    from entrypoint.poolconfig import ConfigError
 
     cwd = Path.cwd()
     try:

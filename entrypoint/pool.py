@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from entrypoint.config import Group, PoolConfig
+from entrypoint.poolconfig import Group, PoolConfig
 
 # This many quick exits in a row make a group "crash-looping": reported once, loudly.
 CRASH_LOOP_AFTER = 5

@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from entrypoint import memory, pool, reaper
-from entrypoint.config import ConfigError, Group, PoolConfig
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
 from entrypoint.init import prepare_process
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
+from entrypoint.poolconfig import ConfigError, Group, PoolConfig
 from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
 from entrypoint.signals import Received, child_changed, signal_name
 from entrypoint.spawn import SpawnError, spawn

@@ -12,16 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from entrypoint.config import (
-    MAX_COUNT,
-    ConfigError,
-    Group,
-    PoolConfig,
-    Problem,
-    find_config_file,
-    load_config,
-    read_dotenv,
-)
+from entrypoint.config import find_config_file, load_config, read_dotenv
+from entrypoint.poolconfig import MAX_COUNT, ConfigError, Group, PoolConfig, Problem
 
 # Most tests name a command so they do not depend on entrypoint.rqworker's default one.
 WORKER = {"WORKER_COMMAND": "work {queues}"}

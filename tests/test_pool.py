@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from entrypoint.config import Group
 from entrypoint.pool import (
     CRASH_LOOP_AFTER,
     Backoff,
@@ -22,6 +21,7 @@ from entrypoint.pool import (
     same_definition,
     scaled,
 )
+from entrypoint.poolconfig import Group
 
 A = Group(name="a", queues=("a",), count=2, min_count=2, max_count=2, argv=("w", "a"))
 B = Group(name="b", queues=("b",), count=1, min_count=1, max_count=1, argv=("w", "b"))
@@ -130,7 +130,7 @@ def test_reload_diff_names_each_change():
 
 
 def test_auto_groups_start_small_under_a_limit_and_cpu_sized_without_one():
-    from entrypoint.config import PoolConfig
+    from entrypoint.poolconfig import PoolConfig
     from entrypoint.supervisor import desired_counts
 
     auto = dataclasses.replace(A, count=None, min_count=2, max_count=6)
