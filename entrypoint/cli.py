@@ -44,6 +44,7 @@ environment:
                      the pool's config file when --config is not given
   WORKER_CONCURRENCY, WORKER_COMMAND, QUEUES
                      a one-group pool when there is no config file
+  WORKER_PRELOAD     --preload, comma-separated
   APP_ENV, RACK_ENV, RAILS_ENV, RESQUE_ENV
                      the config file's environment section (first one set wins)
   MEMORY_LIMIT       --memory-limit
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("-c", "--config", metavar="FILE",
                       help="pool config file (default: $POOL_CONFIG, $RESQUE_POOL_CONFIG, "
                       "pool.yml, config/resque-pool.yml, resque-pool.yml)")
+    pool.add_argument("--preload", metavar="MODULE", action="append", type=_module_name,
+                      help="import MODULE once in a template process and fork the default RQ "
+                      "workers from it (repeatable; default: $WORKER_PRELOAD, pool.preload)")
     pool.add_argument("--check", action="store_true",
                       help="print the resolved pool, or every problem in the config, and exit")
     pool.add_argument("--exit-on-crash-loop", action="store_true", default=None,
@@ -128,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
                         help="the program to run as our child")
     return parser
+
+
+def _module_name(text: str) -> str:
+    from entrypoint.configvalues import modules
+
+    try:
+        (name,) = modules(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a module name such as myapp.jobs, got {text!r}") from None
+    return name
 
 
 def _exit_code(text: str) -> int:
@@ -275,7 +289,7 @@ def run_pool(args: argparse.Namespace, log: Log) -> int:
         path = str(found) if found is not None else None
 
         def load():
-            return load_config(path, os.environ, cwd)
+            return load_config(path, os.environ, cwd, tuple(args.preload or ()) or None)
 
         config = load()
     except ConfigError as error:

@@ -21,8 +21,9 @@ _MAX_NODES = 10_000
 _MAX_MERGE_DEPTH = 32
 
 _APP_ENV_VARIABLES = ("APP_ENV", "RACK_ENV", "RAILS_ENV", "RESQUE_ENV")
-_GROUP_KEYS = ("command", "count", "env", "max", "max_memory", "min", "stop_signal", "term_timeout")
+_GROUP_KEYS = ("call", "command", "count", "env", "max", "max_memory", "min", "stop_signal", "term_timeout")
 _POOL_KEYS = (
+    "after_fork",
     "backoff_max",
     "backoff_min",
     "backoff_reset",
@@ -35,6 +36,7 @@ _POOL_KEYS = (
     "memory_interval",
     "memory_limit",
     "prefix_output",
+    "preload",
     "spawn_delay",
     "stop_signal",
     "term_timeout",
@@ -47,8 +49,12 @@ _D = TypeVar("_D")
 _DEFAULT = PoolConfig(source="", app_env=None, groups=())
 
 
-def from_file(path: Path, shown: str, env: Mapping[str, str]) -> PoolConfig:
-    """The pool described by the file at `path` (named `shown` in problems); ConfigError lists every problem."""
+def from_file(path: Path, shown: str, env: Mapping[str, str],
+              preload: tuple[str, ...] | None = None) -> PoolConfig:
+    """The pool described by the file at `path` (named `shown` in problems); ConfigError lists every problem.
+
+    `preload` (--preload), else WORKER_PRELOAD, replaces the file's pool.preload.
+    """
     root = compose(path, shown)
     reader = _FileReader(shown, env)
     try:
@@ -56,11 +62,14 @@ def from_file(path: Path, shown: str, env: Mapping[str, str]) -> PoolConfig:
     except _TooManyNodes as err:
         reader.problem(err.line, "", f"more than {_MAX_NODES} YAML nodes once aliases are expanded")
         raise ConfigError(_in_order(reader.problems)) from None
+    override = values.preload_override(preload, env, reader.problems)
     if reader.problems:
         raise ConfigError(_in_order(reader.problems))
+    if override is not None:
+        settings = replace(settings, preload=override)
     # Commands are built only now, so default_worker_argv is imported only for a pool that will run.
     groups = tuple(
-        values.with_argv(group, template, env)
+        values.with_argv(group, template, env, preloaded=bool(settings.preload))
         for group, template in zip(settings.groups, templates, strict=True)
     )
     return replace(settings, groups=groups)
@@ -205,6 +214,8 @@ class _FileReader:
             app_env=None,
             groups=(),
             term_timeout=defaults.term_timeout,
+            preload=self.get(entries, "preload", self.modules, ()),
+            after_fork=self.get(entries, "after_fork", self.scalar(values.reference), None),
             **{
                 key: self.get(entries, key, self.scalar(parse), getattr(_DEFAULT, key))
                 for key, parse in values.POOL_SETTINGS.items()
@@ -268,7 +279,11 @@ class _FileReader:
                 fields, "term_timeout", self.scalar(values.seconds), defaults.term_timeout
             ),
             max_memory=self.get(fields, "max_memory", self.scalar(values.size), defaults.max_memory),
+            call=self.get(fields, "call", self.scalar(values.reference), None),
         )
+        if "call" in fields and "command" in fields:
+            blamed = fields["command"]
+            self.problem(blamed.line, blamed.path, "a group runs a command or a call, not both")
         return group, self.get(fields, "command", self.command, None)
 
     def unknown(self, entries: dict[str, _Entry], known: tuple[str, ...]) -> None:
@@ -385,6 +400,15 @@ class _FileReader:
             return values.split_command(command)
         except ValueError as err:
             self.fail(node, path, str(err))
+
+    def modules(self, node: Node, path: str) -> tuple[str, ...]:
+        """A list of module names, or one string of them separated by commas."""
+        items = node.value if isinstance(node, SequenceNode) else [node]
+        names: list[str] = []
+        for item in items:
+            self.spend(item)
+            names.extend(self.scalar(values.modules)(item, path))
+        return tuple(names)
 
     def environment(self, node: Node, path: str) -> dict[str, str]:
         if not isinstance(node, MappingNode):

@@ -23,6 +23,7 @@ _PLACEHOLDERS = ("queues", "queues_csv", "group")
 _WHOLE = re.compile(r"[0-9]{1,9}")
 _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 # YAML 1.1's boolean words, which resque-pool's Ruby YAML also reads as booleans.
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 ERB_HINT = (
@@ -137,6 +138,23 @@ def queues(text: str) -> tuple[str, ...]:
     return names
 
 
+def modules(text: str) -> tuple[str, ...]:
+    """`a.b, c`: module names to import, in that order."""
+    names = tuple(part.strip() for part in text.split(","))
+    for name in names:
+        if not _MODULE.fullmatch(name):
+            raise ValueError(f"expected module names such as myapp.jobs, separated by commas, got {_got(text)}")
+    return names
+
+
+def reference(text: str) -> str:
+    """`package.module:function`: something to call, named the way entry points are."""
+    module, colon, attribute = text.strip().partition(":")
+    if not colon or not _MODULE.fullmatch(module) or not _MODULE.fullmatch(attribute):
+        raise ValueError(f"expected module:function, such as myapp.workers:main, got {_got(text)}")
+    return text.strip()
+
+
 def split_command(command: str | list[str]) -> tuple[str, ...]:
     """A command split into its arguments, placeholders checked but not yet filled in."""
     if isinstance(command, str):
@@ -178,15 +196,33 @@ def _fill(template: tuple[str, ...], group: Group) -> tuple[str, ...]:
     return tuple(argv)
 
 
-def with_argv(group: Group, template: tuple[str, ...] | None, env: Mapping[str, str]) -> Group:
-    """The group with its command filled in: its template's, else the default RQ worker's."""
+def with_argv(group: Group, template: tuple[str, ...] | None, env: Mapping[str, str], preloaded: bool) -> Group:
+    """The group with what it runs: its `call` in a fork; else its command; else the default RQ
+    worker, which runs in a fork of the preloaded app when there is one."""
+    if group.call is not None:
+        return replace(group, forked=True)
     if template is not None:
         return replace(group, argv=_fill(template, group))
     # Imported here: RQ is an optional dependency, and a pool that gives all its commands never
     # needs it.
     from entrypoint.rqworker import default_worker_argv
 
-    return replace(group, argv=default_worker_argv(group.queues, env))
+    return replace(group, argv=default_worker_argv(group.queues, env), forked=preloaded)
+
+
+def preload_override(explicit: tuple[str, ...] | None, env: Mapping[str, str],
+                     problems: list[Problem]) -> tuple[str, ...] | None:
+    """--preload, else WORKER_PRELOAD: they replace the file's pool.preload; None when neither is set."""
+    if explicit:
+        return explicit
+    text = env.get("WORKER_PRELOAD", "").strip()
+    if not text:
+        return None
+    try:
+        return modules(text)
+    except ValueError as err:
+        problems.append(Problem("environment", None, "WORKER_PRELOAD", str(err)))
+        return None
 
 
 def env_command(env: Mapping[str, str], problems: list[Problem]) -> tuple[str, ...] | None:

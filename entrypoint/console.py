@@ -127,15 +127,16 @@ def print_config(config: PoolConfig, stop: StopPolicy) -> None:
     for group in config.groups:
         count = f"auto ({group.min_count}-{group.max_count})" if group.auto else group.count
         timeout = group.term_timeout if group.term_timeout is not None else config.term_timeout
+        runs = f"call {group.call}" if group.call else shlex.join(group.argv)
         rows.append((
-            group.name, ", ".join(group.queues), count, shlex.join(group.argv),
+            group.name, ", ".join(group.queues), count, "fork" if group.forked else "exec", runs,
             signal_name(group.stop_signal).removeprefix("SIG"),
             f"{timeout if timeout is not None else stop.term_timeout:g}s",
             " ".join(f"{k}={v}" for k, v in group.env) or "-",
         ))
     env = f", environment {config.app_env}" if config.app_env else ""
     print_table(f"pool from {config.source}{env}",
-                ("group", "queues", "count", "command", "stop", "term timeout", "env"), rows)
+                ("group", "queues", "count", "how", "command", "stop", "term timeout", "env"), rows)
     settings = (
         f"spawn delay {config.spawn_delay:g}s; backoff {config.backoff_min:g}s-"
         f"{config.backoff_max:g}s (reset after {config.backoff_reset:g}s); "
@@ -143,6 +144,9 @@ def print_config(config: PoolConfig, stop: StopPolicy) -> None:
         f"{'yes' if stop.term_sent_to_all else 'no'}; exit on crash loop: "
         f"{'yes' if config.exit_on_crash_loop else 'no'}"
     )
+    if any(group.forked for group in config.groups):
+        settings += (f"; preload: {', '.join(config.preload) or 'nothing but what the groups run'}; "
+                     f"after_fork: {config.after_fork or '-'}")
     print(settings)
 
 
@@ -155,11 +159,14 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
         return
     from entrypoint.memory import format_bytes
 
+    template = reply.get("template")
+    # The template's row first, marked so no queue name can be mistaken for it.
     rows = [
         (w["group"], w["slot"], w["pid"] or "-", w["state"],
          f"{w['uptime']:.0f}s" if w["uptime"] is not None else "-", w["restarts"],
          w["last_exit"] or "-", format_bytes(w["memory"]) if w["memory"] else "-")
-        for w in reply["workers"]
+        for w in ([{**template, "group": "(template)", "slot": template["generation"] or "-"}] if template else [])
+        + reply["workers"]
     ]
     title = f"pool {reply['pool_id']} (manager pid {reply['manager_pid']})"
     if reply.get("stopping"):
@@ -169,7 +176,9 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
     print_table(title, ("group", "slot", "pid", "state", "uptime", "restarts", "last exit", "memory"), rows)
     used = reply["memory"]
     limit = f"of {format_bytes(used['limit'])} from {used['limit_source']}" if used["limit"] else "no limit known"
-    print(f"memory: {format_bytes(used['total'])} in all, the manager {format_bytes(used['manager'])}; {limit}")
+    template_memory = f", the template {format_bytes(used['template'])}" if used.get("template") else ""
+    print(f"memory: {format_bytes(used['total'])} in all, the manager {format_bytes(used['manager'])}"
+          f"{template_memory}; {limit}")
 
 
 class PrefixedOutput:

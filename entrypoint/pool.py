@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from entrypoint.poolconfig import Group, PoolConfig
@@ -95,14 +95,16 @@ def plan(
     workers: Iterable[Worker],
     history: Mapping[SlotKey, SlotHistory],
     now: float,
+    starting: Collection[SlotKey] = (),
 ) -> list[Start | Stop]:
     """What to do now to move from `workers` towards `desired` (group -> (definition, count)).
 
     A slot holds one worker at a time: after a reload the new worker starts when the old one
     has exited, so a changed group is replaced one worker at a time and never runs twice over.
+    `starting` slots have a worker on its way (a fork the template has not answered yet).
     """
     actions: list[Start | Stop] = []
-    occupied = set()
+    occupied = set(starting)
     for worker in workers:
         occupied.add(worker.key)
         if worker.stop_sent is not None:
@@ -189,7 +191,10 @@ def reload_diff(old: Mapping[str, tuple[Group, int]], new: Mapping[str, tuple[Gr
             changes.append(f"+{name} ({count})")
             continue
         old_spec, old_count = old[name]
-        if not same_definition(old_spec, spec):
+        if old_spec.template != spec.template and same_definition(
+                dataclasses.replace(old_spec, template=spec.template), spec):
+            changes.append(f"~{name} (new code: forked from template {spec.template}, replacing {old_count}->{count})")
+        elif not same_definition(old_spec, spec):
             changes.append(f"~{name} (definition changed, replacing {old_count}->{count})")
         elif old_count != count:
             changes.append(f"{name} {old_count}->{count}")

@@ -42,7 +42,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Group:
-    """Workers that serve the same queues with the same command."""
+    """Workers that serve the same queues with the same command (or callable)."""
 
     name: str
     queues: tuple[str, ...]
@@ -54,6 +54,9 @@ class Group:
     stop_signal: int = int(signal.SIGTERM)
     term_timeout: float | None = None
     max_memory: int | None = None
+    call: str | None = None  # `module:function` run in a forked worker instead of a command
+    forked: bool = False  # forked from the preload template rather than exec'd
+    template: int = 0  # the template that forks this group's workers (the pool sets it)
 
     @property
     def auto(self) -> bool:
@@ -77,3 +80,5 @@ class PoolConfig:
     memory_headroom: float = 0.85
     memory_limit: int | None = None
     memory_interval: float = 2.0  # seconds between two measurements of every worker's memory
+    preload: tuple[str, ...] = ()  # modules the template imports once for every forked worker
+    after_fork: str | None = None  # `module:function` called in each forked worker before its work

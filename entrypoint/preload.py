@@ -1,4 +1,4 @@
-"""Preloaded workers, the manager's side: what the template imports, starting, replacing and retiring it, asking it for forks."""
+"""Preloaded workers, the manager's side: what the template imports; starting, replacing and asking it for forks."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ from entrypoint.pool import Backoff, SlotHistory
 from entrypoint.spawn import spawn
 
 TEMPLATE_ARGV = (sys.executable, "-m", "entrypoint.template")
+# What a default RQ worker imports on its first connection (the IDNA codec for a host name,
+# redis-py's `secrets`): imported in the template, these pages stay shared.
+RQ_FIRST_CONNECTION = ("encodings.idna", "secrets")
+# RQ's variables that name a class (module.Class) or a settings module its CLI imports.
+RQ_CLASS_VARIABLES = ("RQ_WORKER_CLASS", "RQ_JOB_CLASS", "RQ_QUEUE_CLASS", "RQ_CONNECTION_CLASS")
 # A template that has not answered a fork request after this long is hung: KILL and replace it.
 FORK_TIMEOUT = 10.0
 # An exit we reaped before the template told us the pid was a worker's is kept this long.
@@ -37,12 +42,13 @@ class Setup:
         return {"modules": list(self.modules), "calls": list(self.calls), "after_fork": self.after_fork}
 
 
-def setup_for(config: PoolConfig) -> Setup | None:
+def setup_for(config: PoolConfig, env: Mapping[str, str]) -> Setup | None:
     """The template a config needs: None when every group execs its command.
 
     Everything a worker will run is imported in the template, so it is shared and a bad name
-    fails once, at start, not in every worker: the preload list, each `call:`'s module, the
-    module a forked default worker runs (`python -m MODULE`) and the worker class it names.
+    fails once, at start, not in every worker: the preload list, each `call:`'s module, and for
+    the default RQ worker the module it runs (`python -m MODULE`), the classes it is told to
+    use (by --worker-class or RQ's own variables) and what its first connection imports.
     """
     forked = [group for group in config.groups if group.forked]
     if not forked:
@@ -54,10 +60,13 @@ def setup_for(config: PoolConfig) -> Setup | None:
             calls.append(group.call)
             continue
         target = fork_target(group)
-        modules.append(target["module"])
         args = target["args"]
+        named = {**env, **dict(group.env)}
+        classes = [named[v] for v in RQ_CLASS_VARIABLES if named.get(v)]
         if "--worker-class" in args[:-1]:
-            modules.append(args[args.index("--worker-class") + 1].rpartition(".")[0])
+            classes.append(args[args.index("--worker-class") + 1])
+        modules.extend([target["module"], *(c.rpartition(".")[0] for c in classes if "." in c),
+                        *RQ_FIRST_CONNECTION])
     return Setup(tuple(dict.fromkeys(modules)), tuple(dict.fromkeys(calls)), config.after_fork)
 
 
@@ -65,7 +74,7 @@ def fork_target(spec: Group) -> dict:
     """What the template runs in a forked worker: the group's callable, or `python -m MODULE ARGS`."""
     if spec.call is not None:
         return {"call": spec.call}
-    python, flag, module, *args = spec.argv
+    _python, flag, module, *args = spec.argv
     assert flag == "-m", f"a forked group runs a module: {spec.argv}"
     return {"module": module, "args": args}
 
@@ -192,6 +201,10 @@ class Templates:
     def alive(self) -> list[Template]:
         return [t for t in (self.current, self.candidate, *self.retired) if t is not None]
 
+    def listening(self) -> list[Template]:
+        """Templates whose channel may still bring a message: what the loop waits on."""
+        return [t for t in self.alive() if not t.closed]
+
     # -- forks ---------------------------------------------------------------------------------
 
     def ready(self) -> bool:
@@ -275,6 +288,8 @@ class Templates:
         self.history = pool.after_exit(self.history, lived, expected=expected, now=now,
                                        backoff=self.backoff, jitter=jitter,
                                        description=reaper.describe(status))
+        if self.history.failures == 0:
+            self.reported_loop = False
         wait = max(0.0, self.history.not_before - now)
         line = (f"template {template.generation} pid {template.pid} {reaper.describe(status)} after "
                 f"{lived:.1f}s; running workers keep running; a new template "

@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from entrypoint import memory, pool, reaper
+from entrypoint import memory, pool, preload, reaper
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
 from entrypoint.init import prepare_process
+from entrypoint.memory_policy import MemoryWatch, Recycle, Resize
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
 from entrypoint.poolconfig import ConfigError, Group, PoolConfig
 from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
@@ -24,16 +25,12 @@ from entrypoint.spawn import SpawnError, spawn
 
 EXIT_OK = 0
 EXIT_KILLED_AT_DEADLINE = 1
+EXIT_CONFIG = 2  # the app to preload cannot be imported
 EXIT_CRASH_LOOP = 3
 
 PASSED_TO_WORKERS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT})
 # With TERM sent to every process by the platform, a worker's replacement waits this long.
 PLATFORM_TERM_SETTLE = 1.0
-# Memory is sampled every pool.memory_interval while ceilings, `auto` or the pool guard need
-# fresh numbers, else only for the periodic summary line.
-SUMMARY_SECONDS = 60.0
-# A worker's footprint counts for `auto` once it has been sampled this many times.
-WARM_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -95,16 +92,16 @@ class Supervisor:
         self.pool_id = f"{env.get('DYNO') or socket.gethostname()}:{os.getpid()}"
         self.backoff = Backoff.from_config(config)
         self.limit = options.memory
+        self.memory = MemoryWatch(self.limit, time.monotonic())
+        self.templates = preload.Templates(env, log, self.backoff)
         self.desired = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
         self.output = PrefixedOutput() if options.prefix_output or config.prefix_output else None
-        self.next_sample = 0.0
-        self.next_summary = time.monotonic() + SUMMARY_SECONDS
-        self.manager_pss = 0
-        self.oom_kills_at_start = self.read_oom_kills()
         self.workers: dict[int, Worker] = {}
         self.history: dict[pool.SlotKey, SlotHistory] = {}
         self.reported_loops: set[str] = set()
         self.paused = False  # WINCH: no workers until HUP
+        self.preloading = False  # the first template is importing: no worker starts before its verdict
+        self.pending_reload: PoolConfig | None = None  # waits for its new template to be ready
         self.stopping = False
         self.stop_deadline: float | None = None  # None while stopping = QUIT: wait for ever
         self.stop_started = 0.0
@@ -122,7 +119,10 @@ class Supervisor:
         inbox = prepare_process(self.log)
         control = self._open_control()
         self.log_startup()
-        sources: list = [inbox] + ([control] if control else [])
+        setup = preload.setup_for(self.config, self.env)
+        if setup is not None:
+            self.preloading = True
+            self.start_template(setup, candidate=False)
         while True:
             now = time.monotonic()
             self.check_memory(now)
@@ -130,14 +130,18 @@ class Supervisor:
             if self.stopping and self.all_gone(now):
                 break
             timeout = self.seconds_to_next_wakeup(now)
-            pipes = self.output.fds() if self.output else []
-            ready, _, _ = select.select(sources + pipes, [], [], timeout)
+            sources: list = [inbox, *([control] if control else []), *self.templates.listening(),
+                             *(self.output.fds() if self.output else [])]
+            ready, _, _ = select.select(sources, [], [], timeout)
             signals = inbox.read() if inbox in ready else []
             for received in signals:
                 self.on_signal(received)
-            for fd in ready:
-                if isinstance(fd, int) and self.output is not None:
-                    self.output.drain(fd)
+            for source in ready:
+                if isinstance(source, int) and self.output is not None:
+                    self.output.drain(source)
+                elif isinstance(source, preload.Template):
+                    for event in self.templates.read(source, time.monotonic()):
+                        self.on_template_event(event)
             if child_changed(signals):
                 self.on_children_exited(reaper.reap())
             if control is not None and control in ready:
@@ -147,6 +151,7 @@ class Supervisor:
                 self.output.drain(fd)
         if control is not None:
             control.close()
+        self.templates.close()
         inbox.close()
         self.log_shutdown()
         return self.exit_status
@@ -161,14 +166,23 @@ class Supervisor:
             return None
 
     def effective_desired(self) -> dict[str, tuple[Group, int]]:
-        return {} if self.paused or self.stopping else self.desired
+        return {} if self.paused or self.stopping or self.preloading else self.desired
 
     def step(self, now: float) -> None:
         """Carry out what pool.plan decides, then KILL whoever outstayed its grace."""
         self.start_deferred = False
-        for action in pool.plan(self.effective_desired(), self.workers.values(), self.history, now):
+        if self.templates.due_restart(now) and not self.stopping:
+            self.start_template(self.templates.setup, candidate=False)
+        for template in self.templates.hung(now):
+            self.log.warning(f"template pid {template.pid} did not answer a fork request within "
+                             f"{preload.FORK_TIMEOUT:g}s: KILL")
+            reaper.send([template.pid], signal.SIGKILL)
+        starting = self.templates.starting()
+        for action in pool.plan(self.effective_desired(), self.workers.values(), self.history, now, starting):
             if isinstance(action, Stop):
                 self.stop_worker(action.worker, now, action.reason)
+            elif action.spec.forked and not self.templates.ready():
+                continue  # the template's Ready brings us back here
             elif now - self.last_spawn >= self.config.spawn_delay:
                 self.start_worker(action, now)
             else:
@@ -179,8 +193,9 @@ class Supervisor:
     def seconds_to_next_wakeup(self, now: float) -> float | None:
         moments = [
             pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now),
+            self.templates.next_wakeup(),
             self.leftovers_deadline,
-            self.next_sample,
+            self.memory.next_sample,
             self.last_spawn + self.config.spawn_delay if self.start_deferred else None,
         ]
         pending = [m for m in moments if m is not None]
@@ -188,111 +203,114 @@ class Supervisor:
 
     # -- memory --------------------------------------------------------------------------------
 
-    def per_worker_rules(self) -> bool:
-        """Whether some group sizes itself by memory or has a ceiling: then every sample counts."""
-        return any(g.auto or g.max_memory for g, _ in self.desired.values())
-
-    def memory_watched(self) -> bool:
-        return self.limit.bytes is not None or self.per_worker_rules()
-
-    def worth_measuring(self, now: float) -> bool:
-        """Per-worker PSS costs a /proc walk: skip it while one cgroup read shows plenty of room."""
-        if now >= self.next_summary or self.per_worker_rules():
-            return True
-        if self.limit.bytes is None or self.limit.cgroup_dir is None or self.limit.cgroup_version is None:
-            return self.limit.bytes is not None
-        usage = memory.read_usage(self.limit.cgroup_version, self.limit.cgroup_dir)
-        return usage is None or usage >= self.config.memory_headroom * self.limit.bytes
-
     def check_memory(self, now: float) -> None:
-        """Measure every worker (PSS, its children included), then apply ceilings, guard and auto."""
-        if now < self.next_sample:
+        """Measure when due, then carry out the memory policy: recycle, resize, summarize."""
+        helpers = [t.pid for t in self.templates.alive()]
+        decisions = self.memory.check(now, self.config, self.desired, self.workers.values(), helpers,
+                                      self.stopping)
+        for decision in decisions:
+            if isinstance(decision, Recycle):
+                if decision.worker.stop_sent is None:
+                    self.stop_worker(decision.worker, now, decision.reason)
+            elif isinstance(decision, Resize):
+                spec, _count = self.desired[decision.group]
+                self.desired[decision.group] = (spec, decision.count)
+                self.log.info(decision.reason)
+            else:
+                self.log.info(decision)
+
+    # -- preloaded workers ---------------------------------------------------------------------
+
+    def start_template(self, setup: preload.Setup | None, *, candidate: bool) -> None:
+        assert setup is not None
+        output = self.output.open("template") if self.output else None
+        try:
+            template = self.templates.start(setup, time.monotonic(), output)
+        except (OSError, SpawnError) as error:
+            self.log.error(f"cannot start the preload template: {error}")
+            self.templates.history = pool.after_spawn_failure(
+                self.templates.history, time.monotonic(), self.backoff, str(error), hopeless=False)
             return
-        self.next_sample = now + (self.config.memory_interval if self.memory_watched() else SUMMARY_SECONDS)
-        if not self.worth_measuring(now):
-            return
-        self.measure()
-        if self.stopping:
-            return
-        self.recycle_over_ceiling(now)
-        self.guard_the_limit(now)
-        self.size_auto_groups()
-        if now >= self.next_summary:
-            self.next_summary = now + SUMMARY_SECONDS
-            self.log.info(self.memory_summary())
+        finally:
+            if output is not None:
+                os.close(output)
+        if candidate:
+            self.templates.retire(self.templates.candidate)  # an older reload's, still importing
+            self.templates.candidate = template
+        else:
+            self.templates.current = template
+            self.templates.setup = setup
 
-    def measure(self) -> None:
-        """PSS of every worker with its children (one walk over /proc), and of the manager."""
-        index = reaper.children_index(reaper.process_table())
-        for worker in self.workers.values():
-            worker.pss = memory.tree_pss(worker.pid, index)
-            if worker.pss is not None:
-                worker.peak_pss = max(worker.peak_pss, worker.pss)
-                worker.samples += 1
-        self.manager_pss = memory.read_pss(os.getpid()) or 0
+    def on_template_event(self, event: preload.Event) -> None:
+        now = time.monotonic()
+        if isinstance(event, preload.Forked):
+            self.adopt_forked(event, now)
+        elif isinstance(event, preload.ForkFailed):
+            key = (event.spec.name, event.slot)
+            self.history[key] = pool.after_spawn_failure(self.history.get(key, SlotHistory()), now,
+                                                         self.backoff, f"fork failed: {event.error}",
+                                                         hopeless=False)
+            self.log.warning(f"{event.spec.name}.{event.slot}: the template cannot fork ({event.error})")
+        elif isinstance(event, preload.Ready):
+            self.on_template_ready(event.template, event.report)
+        else:
+            self.on_preload_failed(event.template, event.report)
 
-    def total_pss(self) -> int:
-        return self.manager_pss + sum(w.pss or 0 for w in self.workers.values())
+    def on_template_ready(self, template: preload.Template, report: dict) -> None:
+        self.log.info(preload.describe_ready(template, report))
+        warning = preload.thread_warning(report)
+        if warning:
+            self.log.warning(warning)
+        if template is self.templates.candidate and self.pending_reload is not None:
+            config, self.pending_reload = self.pending_reload, None
+            setup = preload.setup_for(config, self.env)
+            assert setup is not None
+            self.templates.promote(template, setup)
+            self.apply_config(config)
+        elif template is self.templates.current and self.preloading:
+            self.preloading = False
+            self.desired = preload.stamped(self.desired, template.generation)
 
-    def recycle_over_ceiling(self, now: float) -> None:
-        for worker in list(self.workers.values()):
-            ceiling = worker.spec.max_memory
-            if ceiling and worker.stop_sent is None and (worker.pss or 0) > ceiling:
-                self.stop_worker(worker, now, f"uses {memory.format_bytes(worker.pss or 0)}, over its "
-                                 f"max_memory {memory.format_bytes(ceiling)}")
+    def on_preload_failed(self, template: preload.Template, report: dict) -> None:
+        line, trace = preload.failure_lines(report)
+        self.log.error(line)
+        self.log.write_line(trace.rstrip("\n"))  # the app's own traceback: the user needs its frames
+        if template is self.templates.candidate:
+            self.pending_reload = None
+            self.templates.retire(template)
+            self.log.error("reload failed: the running pool is unchanged")
+        elif self.preloading:
+            self.templates.retire(template)
+            self.give_up_starting()
 
-    def guard_the_limit(self, now: float) -> None:
-        """Recycle the largest worker before the pool reaches the limit: never leave it to the OOM killer."""
-        if self.limit.bytes is None or any(w.stop_sent is not None for w in self.workers.values()):
-            return
-        usage = {pid: w.pss or 0 for pid, w in self.workers.items()}
-        # `auto` plans up to the headroom; the guard acts halfway between it and the limit.
-        guard = (1 + self.config.memory_headroom) / 2
-        victim = memory.pick_for_pool_guard(usage, self.total_pss(), self.limit.bytes, guard)
-        if victim is not None:
-            worker = self.workers[victim]
-            self.stop_worker(worker, now, f"the pool uses {memory.format_bytes(self.total_pss())} of "
-                             f"{memory.format_bytes(self.limit.bytes)}: recycling the largest worker")
+    def adopt_forked(self, event: preload.Forked, now: float) -> None:
+        worker = Worker(event.spec.name, event.slot, event.pid, event.spec, now)
+        self.workers[event.pid] = worker
+        self.log.info(f"forked {worker.name} pid {worker.pid}")
+        if event.exited is not None:
+            self.on_children_exited([(event.pid, event.exited)])
+        elif self.stopping:
+            # Forked after the stop began: no TERM reached it, from us or the platform.
+            worker.stop_sent, worker.kill_at = now, self.stop_deadline
+            reaper.send([worker.pid], worker.spec.stop_signal)
 
-    def size_auto_groups(self) -> None:
-        """`auto` groups: as many workers as fit under the limit with headroom, judged by warm workers' peaks."""
-        if self.limit.bytes is None:
-            return
-        for name, (spec, count) in list(self.desired.items()):
-            if not spec.auto:
-                continue
-            mine = [w for w in self.workers.values() if w.group == name and w.stop_sent is None]
-            if not mine or len(mine) < count or any(w.samples < WARM_SAMPLES for w in mine):
-                continue  # judge only once every worker of the group has been measured a few times
-            per_worker = memory.steady_per_worker([w.peak_pss for w in mine])
-            others = self.total_pss() - sum(w.pss or 0 for w in mine)
-            target = memory.auto_worker_count(self.limit.bytes, self.config.memory_headroom, others,
-                                              per_worker, spec.min_count, spec.max_count)
-            if target != count:
-                self.desired[name] = (spec, target)
-                self.log.info(
-                    f"auto: {name} {count}->{target} workers ({memory.format_bytes(per_worker)} per worker at "
-                    f"peak, {memory.format_bytes(others)} for the rest, limit "
-                    f"{memory.format_bytes(self.limit.bytes)} x {self.config.memory_headroom:g})"
-                )
+    def on_template_exit(self, template: preload.Template, status: int, now: float) -> None:
+        if self.preloading and template is self.templates.current:
+            self.log.error(f"preload: the template {reaper.describe(status)} while importing")
+            self.give_up_starting()
+        was_candidate = template is self.templates.candidate
+        line = self.templates.on_exit(template, status, now, self.random.random())
+        if was_candidate:
+            self.pending_reload = None
+            self.log.error(f"{line}: reload failed, the running pool is unchanged")
+        elif line is not None and not self.stopping:
+            self.log.warning(line)
 
-    def memory_summary(self) -> str:
-        measured = [w for w in self.workers.values() if w.pss is not None]
-        line = f"memory: {len(measured)} worker(s) and manager use {memory.format_bytes(self.total_pss())}"
-        if self.limit.bytes:
-            line += f" of {memory.format_bytes(self.limit.bytes)} ({100 * self.total_pss() / self.limit.bytes:.0f}%)"
-        if measured:
-            largest = max(measured, key=lambda w: w.pss or 0)
-            line += f"; largest {largest.name} {memory.format_bytes(largest.pss or 0)}"
-        oom_kills = self.read_oom_kills() - self.oom_kills_at_start
-        if oom_kills:
-            line += f"; the kernel OOM-killed {oom_kills} process(es) in this container"
-        return line
-
-    def read_oom_kills(self) -> int:
-        if self.limit.cgroup_dir is None or self.limit.cgroup_version is None:
-            return 0
-        return memory.read_oom_kills(self.limit.cgroup_version, self.limit.cgroup_dir)
+    def give_up_starting(self) -> None:
+        """The first template could not import the app: no worker has started; exit 2."""
+        self.exit_status = EXIT_CONFIG
+        self.stopping = True
+        self.stop_started = time.monotonic()
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -301,8 +319,12 @@ class Supervisor:
         key = (spec.name, slot)
         history = self.history.get(key, SlotHistory())
         output = self.output.open(f"{spec.name}.{slot}") if self.output else None
+        env = worker_env(self.env, spec, slot, self.pool_id, self.term_timeout(spec))
         try:
-            env = worker_env(self.env, spec, slot, self.pool_id, self.term_timeout(spec))
+            if spec.forked:
+                self.templates.request_fork(spec, slot, env, now, output)
+                self.last_spawn = now
+                return
             child = spawn(spec.argv, env, output=output)
         except SpawnError as error:
             self.history[key] = pool.after_spawn_failure(history, now, self.backoff, str(error),
@@ -363,37 +385,44 @@ class Supervisor:
         now = time.monotonic()
         for pid, status in exited:
             worker = self.workers.pop(pid, None)
-            if worker is None:
+            if worker is not None:
+                self.on_worker_exit(worker, status, now)
+                continue
+            template = self.templates.owner(pid)
+            if template is not None:
+                self.on_template_exit(template, status, now)
+            elif not self.templates.keep_unclaimed(pid, status, now):
                 self.log.debug(f"reaped orphan {pid} ({reaper.describe(status)})")
-                continue
-            lived = now - worker.started
-            description = f"{reaper.describe(status)} after {lived:.1f}s"
-            history = pool.after_exit(
-                self.history.get(worker.key, SlotHistory()), lived,
-                expected=worker.stop_sent is not None, now=now, backoff=self.backoff,
-                jitter=self.random.random(), description=description,
+
+    def on_worker_exit(self, worker: Worker, status: int, now: float) -> None:
+        lived = now - worker.started
+        description = f"{reaper.describe(status)} after {lived:.1f}s"
+        history = pool.after_exit(
+            self.history.get(worker.key, SlotHistory()), lived,
+            expected=worker.stop_sent is not None, now=now, backoff=self.backoff,
+            jitter=self.random.random(), description=description,
+        )
+        if self.options.stop.term_sent_to_all and worker.stop_sent is None:
+            # On Heroku an exit may be the platform's TERM arriving a moment before ours:
+            # a replacement started in between would never get a TERM at all.
+            history = dataclasses.replace(history, not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
+        self.history[worker.key] = history
+        if worker.stop_sent is not None:
+            self.log.info(f"{worker.name} pid {worker.pid} stopped: {description}")
+            return
+        wait = max(0.0, history.not_before - now)
+        self.log.warning(f"{worker.name} pid {worker.pid} {description}; restarting"
+                         + (f" in {wait:.1f}s" if wait else ""))
+        if history.failures == 0:
+            self.reported_loops.discard(worker.group)
+        elif pool.crash_looping(history) and worker.group not in self.reported_loops:
+            self.reported_loops.add(worker.group)
+            self.log.error(
+                f"group {worker.group} is crash-looping: {worker.name} {description}, "
+                f"{history.failures} quick exits in a row; backing off up to "
+                f"{self.backoff.maximum:g}s between starts"
             )
-            if self.options.stop.term_sent_to_all and worker.stop_sent is None:
-                # On Heroku an exit may be the platform's TERM arriving a moment before ours:
-                # a replacement started in between would never get a TERM at all.
-                history = dataclasses.replace(history, not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
-            self.history[worker.key] = history
-            if worker.stop_sent is not None:
-                self.log.info(f"{worker.name} pid {pid} stopped: {description}")
-                continue
-            wait = max(0.0, history.not_before - now)
-            self.log.warning(f"{worker.name} pid {pid} {description}; restarting"
-                             + (f" in {wait:.1f}s" if wait else ""))
-            if history.failures == 0:
-                self.reported_loops.discard(worker.group)
-            elif pool.crash_looping(history) and worker.group not in self.reported_loops:
-                self.reported_loops.add(worker.group)
-                self.log.error(
-                    f"group {worker.group} is crash-looping: {worker.name} {description}, "
-                    f"{history.failures} quick exits in a row; backing off up to "
-                    f"{self.backoff.maximum:g}s between starts"
-                )
-                self.on_crash_loop()
+            self.on_crash_loop()
 
     def on_crash_loop(self) -> None:
         if self.options.exit_on_crash_loop and not self.stopping:
@@ -410,6 +439,9 @@ class Supervisor:
         self.stop_started = now
         self.log.info(f"{signal_name(signum)}: stopping {len(self.workers)} worker(s)"
                       + ("" if deadline else " with no deadline (QUIT)"))
+        self.pending_reload = None
+        for template in self.templates.alive():
+            self.templates.retire(template)  # no more forks; it exits when its channel closes
         skip_term = from_platform and self.options.stop.term_sent_to_all
         self.platform_sent_term = self.platform_sent_term or skip_term
         for worker in self.workers.values():
@@ -431,7 +463,7 @@ class Supervisor:
 
     def all_gone(self, now: float) -> bool:
         """Workers are gone; give their leftovers TERM, the grace, then KILL. True when none is left."""
-        if self.workers:
+        if self.workers or self.templates.alive():
             return False
         leftovers = reaper.descendants()
         if not leftovers:
@@ -478,6 +510,8 @@ class Supervisor:
             self.log.debug(f"passed {signal_name(signum)} to {len(self.workers)} worker(s)")
 
     def reload(self) -> dict:
+        """Read the file again. With forked groups, a new template imports the app first, and the
+        new config applies only once it is ready: a broken file or app changes nothing."""
         if self.stopping:
             return {"error": "the pool is stopping"}
         try:
@@ -487,19 +521,37 @@ class Supervisor:
                 self.log.error(str(problem))
             self.log.error("reload failed: the running pool is unchanged")
             return {"error": str(error)}
+        setup = preload.setup_for(config, self.env)
+        if setup is None:
+            self.pending_reload = None
+            self.templates.retire(self.templates.candidate)
+            self.templates.retire(self.templates.current)
+            self.templates.setup = None
+            return {"ok": True, "changes": self.apply_config(config)}
+        self.pending_reload = config
+        self.start_template(setup, candidate=True)
+        self.log.info("reload: importing the app in a new template; the new config applies when it is ready")
+        return {"ok": True, "changes": [], "pending": "importing the app in a new template"}
+
+    def apply_config(self, config: PoolConfig) -> list[str]:
+        """Move to a config that has been read and, with forked groups, preloaded."""
+        template = self.templates.current
         new = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
+        if template is not None:
+            new = preload.stamped(new, template.generation)
         for name, (spec, _count) in new.items():
             old = self.desired.get(name)
-            if spec.auto and old and old[0].auto and pool.same_definition(old[0], spec):
-                # keep what `auto` has learnt, within the new bounds
+            if spec.auto and old and old[0].auto and pool.same_definition(
+                    dataclasses.replace(old[0], template=spec.template), spec):
+                # keep what `auto` has learnt, within the new bounds (new code does not reset it)
                 new[name] = (spec, max(spec.min_count, min(spec.max_count, old[1])))
         changes = pool.reload_diff(self.desired, new)
         self.config, self.desired = config, new
-        self.backoff = Backoff.from_config(config)
+        self.backoff = self.templates.backoff = Backoff.from_config(config)
         self.reported_loops.clear()
         self.paused = False
         self.log.info("reload: " + (", ".join(changes) if changes else "no change"))
-        return {"ok": True, "changes": changes}
+        return changes
 
     def scale_all(self, step: int) -> None:
         self.desired = pool.scaled(self.desired, step)
@@ -528,34 +580,61 @@ class Supervisor:
 
     def status(self) -> dict:
         now = time.monotonic()
-        self.measure()  # someone asked: fresh numbers are worth one walk over /proc
+        # someone asked: fresh numbers are worth one walk over /proc
+        self.memory.measure(self.workers.values(), [t.pid for t in self.templates.alive()])
         running = {w.key: w for w in self.workers.values()}
+        starting = self.templates.starting()
         rows = []
         keys = set(running) | {(name, slot) for name, (_, count) in self.effective_desired().items()
                                for slot in range(1, count + 1)}
         for key in sorted(keys):
             worker = running.get(key)
+            spec = worker.spec if worker is not None else self.desired[key[0]][0]
             history = self.history.get(key, SlotHistory())
             if worker is not None:
                 state = "stopping" if worker.stop_sent is not None else "running"
             elif history.not_before > now:
                 state = f"backoff {history.not_before - now:.0f}s"
             else:
-                state = "starting"
+                state = "forking" if key in starting else "starting"
             rows.append({
                 "group": key[0], "slot": key[1], "pid": worker.pid if worker else None,
                 "state": state, "uptime": round(now - worker.started, 1) if worker else None,
                 "restarts": history.restarts, "last_exit": history.last_exit,
                 "memory": worker.pss if worker else None,
+                "forked": spec.forked,
             })
         return {
             "pool_id": self.pool_id, "manager_pid": os.getpid(),
             "stopping": self.stopping, "paused": self.paused, "workers": rows,
+            "template": self.template_status(now),
             "memory": {
                 "limit": self.limit.bytes, "limit_source": self.limit.source,
-                "manager": self.manager_pss, "total": self.total_pss(),
-                "oom_kills": self.read_oom_kills() - self.oom_kills_at_start,
+                "manager": self.memory.manager_pss, "template": self.memory.helpers_pss,
+                "total": self.memory.total(self.workers.values()),
+                "oom_kills": self.memory.oom_kills(),
             },
+        }
+
+    def template_status(self, now: float) -> dict | None:
+        """The preload template's row: None when every group execs its command."""
+        template = self.templates.current
+        if template is None and self.templates.setup is None:
+            return None
+        history = self.templates.history
+        if template is not None:
+            state = "ready" if template.ready else "importing"
+        elif history.not_before > now:
+            state = f"backoff {history.not_before - now:.0f}s"
+        else:
+            state = "starting"
+        setup = self.templates.setup
+        return {
+            "pid": template.pid if template else None, "generation": template.generation if template else None,
+            "state": state, "uptime": round(now - template.started, 1) if template else None,
+            "restarts": history.restarts, "last_exit": history.last_exit,
+            "memory": self.memory.helpers_pss if template else None,
+            "modules": list(setup.modules + setup.calls) if setup else [],
         }
 
     # -- output --------------------------------------------------------------------------------
@@ -578,6 +657,8 @@ class Supervisor:
                               f"within {spec.min_count}-{spec.max_count})")
 
     def log_shutdown(self) -> None:
+        if self.exit_status == EXIT_CONFIG:
+            return  # it never started
         took = time.monotonic() - self.stop_started
         outcome = "some had to be KILLed" if self.killed_any else "all stopped in time"
         self.log.info(f"pool stopped in {took:.2f}s: {outcome}")

@@ -46,6 +46,15 @@ def resolve(reference: str) -> Callable[..., object]:
     return target
 
 
+def app_traceback(error: BaseException) -> str:
+    """The traceback from the app's first frame on: ours and importlib's say nothing to the user."""
+    tb = error.__traceback__
+    while tb is not None and (tb.tb_frame.f_code.co_filename in (__file__, importlib.__file__)
+                              or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
 def open_sockets() -> set[int]:
     """Our descriptors that are sockets: a connection opened at import must not be shared."""
     found = set()
@@ -66,6 +75,16 @@ def retire_sockets(descriptors: set[int]) -> None:
     for fd in descriptors:
         os.dup2(null, fd, inheritable=False)
     os.close(null)
+
+
+def use_environment(env: dict[str, str]) -> None:
+    """Make os.environ the worker's: only what differs is changed (the worker's environment is
+    ours plus a few variables), because rewriting all of it un-shares most of a megabyte."""
+    for name in [name for name in os.environ if name not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def thread_count() -> int:
@@ -96,7 +115,7 @@ class Template:
                 self.after_fork = resolve(after_fork)
         except BaseException as error:  # the app's own failure: the user needs its traceback
             return {"failed": current, "error": f"{type(error).__name__}: {error}",
-                    "traceback": traceback.format_exc()}
+                    "traceback": app_traceback(error)}
         opened = open_sockets() - before - {self.channel.fileno()}
         retire_sockets(opened)
         return {"ready": True, "seconds": round(time.monotonic() - started, 3),
@@ -131,6 +150,7 @@ class Template:
             return {"fork_failed": request["id"], "error": error.strerror}
         if middle == 0:
             os.close(read_end)
+            middle = os.getpid()
             try:
                 worker = os.fork()
             except OSError as error:
@@ -138,7 +158,7 @@ class Template:
                 os._exit(1)
             if worker == 0:
                 os.close(write_end)
-                self.become_worker(request, output)
+                self.become_worker(request, output, middle)
             os.write(write_end, str(worker).encode())
             os._exit(0)
         os.close(write_end)
@@ -149,10 +169,12 @@ class Template:
             return {"fork_failed": request["id"], "error": answer.removeprefix("error ") or "fork failed"}
         return {"forked": request["id"], "pid": int(answer)}
 
-    def become_worker(self, request: dict, output: int | None) -> None:
+    def become_worker(self, request: dict, output: int | None, middle: int) -> None:
         """In the worker: never returns. Clean slate first, then the user's hook, then the work."""
         code = 1
         try:
+            while os.getppid() == middle:
+                time.sleep(0.001)  # until the middle process is gone and the manager is our parent
             os.setpgid(0, 0)
             self.channel.close()
             if output is not None:
@@ -161,8 +183,7 @@ class Template:
                 os.close(output)
             restore_defaults()
             gc.enable()
-            os.environ.clear()
-            os.environ.update(request["env"])
+            use_environment(request["env"])
             random.seed()  # os.fork reseeds `random` too; this also covers a state the app replaced
             if self.after_fork is not None:
                 self.after_fork()

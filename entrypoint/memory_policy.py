@@ -1,0 +1,166 @@
+"""The pool's memory policy: when to measure, which worker to recycle, how many `auto` workers fit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable, Mapping
+from typing import NamedTuple
+
+from entrypoint import memory, reaper
+from entrypoint.pool import Worker
+from entrypoint.poolconfig import Group, PoolConfig
+
+# Memory is sampled every pool.memory_interval while ceilings, `auto` or the pool guard need
+# fresh numbers, else only for the periodic summary line.
+SUMMARY_SECONDS = 60.0
+# A worker's footprint counts for `auto` once it has been sampled this many times.
+WARM_SAMPLES = 3
+
+
+class Recycle(NamedTuple):
+    """Stop this worker gracefully (it is replaced): it, or the pool, uses too much."""
+
+    worker: Worker
+    reason: str
+
+
+class Resize(NamedTuple):
+    """An `auto` group's new count, and the numbers behind it for the log."""
+
+    group: str
+    count: int
+    reason: str
+
+
+def guard_fraction(headroom: float) -> float:
+    """`auto` plans up to the headroom; the guard acts halfway between it and the limit."""
+    return (1 + headroom) / 2
+
+
+def over_ceiling(workers: Iterable[Worker]) -> list[Recycle]:
+    """Workers above their group's max_memory that have not been asked to stop yet."""
+    return [
+        Recycle(w, f"uses {memory.format_bytes(w.pss or 0)}, over its max_memory "
+                   f"{memory.format_bytes(w.spec.max_memory)}")
+        for w in workers
+        if w.spec.max_memory and w.stop_sent is None and (w.pss or 0) > w.spec.max_memory
+    ]
+
+
+def guard_victim(workers: Collection[Worker], total: int, limit: int | None, headroom: float) -> Recycle | None:
+    """The largest worker once the pool nears the limit: never leave it to the kernel's OOM killer.
+    One at a time: nothing more while a recycled worker is still stopping."""
+    if limit is None or any(w.stop_sent is not None for w in workers):
+        return None
+    usage = {w.pid: w.pss or 0 for w in workers}
+    victim = memory.pick_for_pool_guard(usage, total, limit, guard_fraction(headroom))
+    if victim is None:
+        return None
+    worker = next(w for w in workers if w.pid == victim)
+    return Recycle(worker, f"the pool uses {memory.format_bytes(total)} of {memory.format_bytes(limit)}: "
+                           "recycling the largest worker")
+
+
+def auto_sizes(desired: Mapping[str, tuple[Group, int]], workers: Collection[Worker], total: int,
+               limit: int | None, headroom: float) -> list[Resize]:
+    """`auto` groups: as many workers as fit under the limit with headroom, judged by warm workers' peaks."""
+    if limit is None:
+        return []
+    resized = []
+    for name, (spec, count) in desired.items():
+        if not spec.auto:
+            continue
+        mine = [w for w in workers if w.group == name and w.stop_sent is None]
+        if not mine or len(mine) < count or any(w.samples < WARM_SAMPLES for w in mine):
+            continue  # judge only once every worker of the group has been measured a few times
+        per_worker = memory.steady_per_worker([w.peak_pss for w in mine])
+        others = total - sum(w.pss or 0 for w in mine)
+        target = memory.auto_worker_count(limit, headroom, others, per_worker, spec.min_count, spec.max_count)
+        if target != count:
+            resized.append(Resize(name, target, (
+                f"auto: {name} {count}->{target} workers ({memory.format_bytes(per_worker)} per worker at "
+                f"peak, {memory.format_bytes(others)} for the rest, limit {memory.format_bytes(limit)} "
+                f"x {headroom:g})")))
+    return resized
+
+
+class MemoryWatch:
+    """What the pool measured last, and when it measures next."""
+
+    def __init__(self, limit: memory.MemoryLimit, now: float) -> None:
+        self.limit = limit
+        self.next_sample = 0.0
+        self.next_summary = now + SUMMARY_SECONDS
+        self.manager_pss = 0
+        self.helpers_pss = 0  # our helper processes: the preload template
+        self.oom_kills_at_start = self.oom_kills_total()
+
+    def check(self, now: float, config: PoolConfig, desired: Mapping[str, tuple[Group, int]],
+              workers: Collection[Worker], helpers: Collection[int], stopping: bool) -> list[Recycle | Resize | str]:
+        """Measure when due, then what to do about it: recycles, resizes and the minute's summary."""
+        if now < self.next_sample:
+            return []
+        per_worker_rules = any(g.auto or g.max_memory for g, _ in desired.values())
+        watched = self.limit.bytes is not None or per_worker_rules
+        self.next_sample = now + (config.memory_interval if watched else SUMMARY_SECONDS)
+        summary_due = now >= self.next_summary
+        if not (summary_due or per_worker_rules or self.near_limit(config.memory_headroom)):
+            return []
+        self.measure(workers, helpers)
+        if stopping:
+            return []
+        total = self.total(workers)
+        decisions: list[Recycle | Resize | str] = [*over_ceiling(workers)]
+        victim = guard_victim(workers, total, self.limit.bytes, config.memory_headroom)
+        if victim is not None:
+            decisions.append(victim)
+        decisions.extend(auto_sizes(desired, workers, total, self.limit.bytes, config.memory_headroom))
+        if summary_due:
+            self.next_summary = now + SUMMARY_SECONDS
+            decisions.append(self.summary(workers))
+        return decisions
+
+    def near_limit(self, headroom: float) -> bool:
+        """Per-worker PSS costs a /proc walk: skip it while one cgroup read shows plenty of room."""
+        limit = self.limit
+        if limit.bytes is None or limit.cgroup_dir is None or limit.cgroup_version is None:
+            return limit.bytes is not None
+        usage = memory.read_usage(limit.cgroup_version, limit.cgroup_dir)
+        return usage is None or usage >= headroom * limit.bytes
+
+    def measure(self, workers: Iterable[Worker], helpers: Iterable[int]) -> None:
+        """PSS of every worker with its children (one walk over /proc), of our helpers and of the manager."""
+        index = reaper.children_index(reaper.process_table())
+        for worker in workers:
+            worker.pss = memory.tree_pss(worker.pid, index)
+            if worker.pss is not None:
+                worker.peak_pss = max(worker.peak_pss, worker.pss)
+                worker.samples += 1
+        self.helpers_pss = sum(memory.read_pss(pid) or 0 for pid in helpers)
+        self.manager_pss = memory.read_pss(os.getpid()) or 0
+
+    def total(self, workers: Iterable[Worker]) -> int:
+        return self.manager_pss + self.helpers_pss + sum(w.pss or 0 for w in workers)
+
+    def summary(self, workers: Collection[Worker]) -> str:
+        measured = [w for w in workers if w.pss is not None]
+        total = self.total(workers)
+        line = f"memory: {len(measured)} worker(s) and manager use {memory.format_bytes(total)}"
+        if self.limit.bytes:
+            line += f" of {memory.format_bytes(self.limit.bytes)} ({100 * total / self.limit.bytes:.0f}%)"
+        if measured:
+            largest = max(measured, key=lambda w: w.pss or 0)
+            line += f"; largest {largest.name} {memory.format_bytes(largest.pss or 0)}"
+        oom_kills = self.oom_kills()
+        if oom_kills:
+            line += f"; the kernel OOM-killed {oom_kills} process(es) in this container"
+        return line
+
+    def oom_kills_total(self) -> int:
+        if self.limit.cgroup_dir is None or self.limit.cgroup_version is None:
+            return 0
+        return memory.read_oom_kills(self.limit.cgroup_version, self.limit.cgroup_dir)
+
+    def oom_kills(self) -> int:
+        """OOM kills in our cgroup since the pool started."""
+        return self.oom_kills_total() - self.oom_kills_at_start
