@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from entrypoint.reaper import below
 
@@ -200,11 +201,18 @@ def _read(file: Path) -> str | None:
         return None
 
 
-def read_pss(pid: int, proc: Path = Path("/proc")) -> int | None:
-    """Proportional set size in bytes: shared pages count divided among the processes sharing them.
+class Footprint(NamedTuple):
+    """A process's memory in bytes: its proportional share (PSS), and what it alone holds."""
 
-    smaps_rollup (Linux 4.14+) is one cheap read; older kernels need the per-mapping smaps summed.
-    """
+    pss: int  # shared pages count divided among the processes sharing them
+    private: int  # pages no other process shares (USS): what one more such process costs
+
+    def __add__(self, other: tuple) -> Footprint:  # type: ignore[override]
+        return Footprint(self.pss + other[0], self.private + other[1])
+
+
+def read_footprint(pid: int, proc: Path = Path("/proc")) -> Footprint | None:
+    """PSS and private bytes from smaps_rollup (Linux 4.14+, one cheap read), else smaps summed."""
     try:
         try:
             text = (proc / str(pid) / "smaps_rollup").read_text()
@@ -212,16 +220,32 @@ def read_pss(pid: int, proc: Path = Path("/proc")) -> int | None:
             text = (proc / str(pid) / "smaps").read_text()
     except OSError:
         return None
-    kib = [int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:")]
-    return sum(kib) * 1024 if kib else None
+    kib = {"Pss:": 0, "Private_Clean:": 0, "Private_Dirty:": 0}
+    found = False
+    for line in text.splitlines():
+        key, _, rest = line.partition(" ")
+        if key in kib:
+            kib[key] += int(rest.split()[0])
+            found = found or key == "Pss:"
+    if not found:
+        return None
+    return Footprint(kib["Pss:"] * 1024, (kib["Private_Clean:"] + kib["Private_Dirty:"]) * 1024)
 
 
-def tree_pss(pid: int, index: Mapping[int, Sequence[int]], proc: Path = Path("/proc")) -> int | None:
-    """PSS of pid and all its descendants (an RQ work-horse is a child of its worker)."""
-    total = read_pss(pid, proc)
+def read_pss(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """Proportional set size in bytes: shared pages count divided among the processes sharing them."""
+    found = read_footprint(pid, proc)
+    return None if found is None else found.pss
+
+
+def tree_footprint(pid: int, index: Mapping[int, Sequence[int]], proc: Path = Path("/proc")) -> Footprint | None:
+    """The footprint of pid and all its descendants (an RQ work-horse is a child of its worker)."""
+    total = read_footprint(pid, proc)
     if total is None:
         return None
-    return total + sum(read_pss(child, proc) or 0 for child in below(pid, index))
+    for child in below(pid, index):
+        total += read_footprint(child, proc) or (0, 0)
+    return total
 
 
 def auto_worker_count(

@@ -73,8 +73,15 @@ def auto_sizes(desired: Mapping[str, tuple[Group, int]], workers: Collection[Wor
         mine = [w for w in workers if w.group == name and w.stop_sent is None]
         if not mine or len(mine) < count or any(w.samples < WARM_SAMPLES for w in mine):
             continue  # judge only once every worker of the group has been measured a few times
-        per_worker = memory.steady_per_worker([w.peak_pss for w in mine])
-        others = total - sum(w.pss or 0 for w in mine)
+        if spec.forked:
+            # A forked worker shares the template's pages with every sibling: one more costs only
+            # what it holds alone. (Its PSS also depends on how many share: a peak taken while few
+            # did would undercount what fits.) The shared part stays with the rest.
+            per_worker = memory.steady_per_worker([w.peak_private for w in mine])
+            others = total - sum(w.private for w in mine)
+        else:
+            per_worker = memory.steady_per_worker([w.peak_pss for w in mine])
+            others = total - sum(w.pss or 0 for w in mine)
         target = memory.auto_worker_count(limit, headroom, others, per_worker, spec.min_count, spec.max_count)
         if target != count:
             resized.append(Resize(name, target, (
@@ -132,9 +139,12 @@ class MemoryWatch:
         """PSS of every worker with its children (one walk over /proc), of our helpers and of the manager."""
         index = reaper.children_index(reaper.process_table())
         for worker in workers:
-            worker.pss = memory.tree_pss(worker.pid, index)
-            if worker.pss is not None:
-                worker.peak_pss = max(worker.peak_pss, worker.pss)
+            found = memory.tree_footprint(worker.pid, index)
+            worker.pss = None if found is None else found.pss
+            if found is not None:
+                worker.private = found.private
+                worker.peak_pss = max(worker.peak_pss, found.pss)
+                worker.peak_private = max(worker.peak_private, found.private)
                 worker.samples += 1
         self.helpers_pss = sum(memory.read_pss(pid) or 0 for pid in helpers)
         self.manager_pss = memory.read_pss(os.getpid()) or 0

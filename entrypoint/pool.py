@@ -51,6 +51,8 @@ class Worker:
     kill_at: float | None = None  # when it gets KILL if still alive
     pss: int | None = None  # bytes at the last sample, its own children included
     peak_pss: int = 0  # the most it has used: job peaks count when planning
+    private: int = 0  # of pss, the bytes it shares with no other process (its children included)
+    peak_private: int = 0
     samples: int = 0
 
     @property

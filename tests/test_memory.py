@@ -28,7 +28,7 @@ from entrypoint.memory import (
     read_pss,
     read_usage,
     steady_per_worker,
-    tree_pss,
+    tree_footprint,
     workers_over_ceiling,
 )
 from entrypoint.reaper import children_index, process_table
@@ -362,9 +362,9 @@ def test_tree_pss_sums_descendants_and_tolerates_gone_ones(tmp_path: Path) -> No
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "smaps_rollup").write_text(f"Pss: {kib} kB\n")
     index = {1: [2, 9], 2: [3], 3: [1]}  # 9 is gone; 3 -> 1 is a stale, looping entry
-    assert tree_pss(1, index, tmp_path) == 60 * 1024
-    assert tree_pss(2, index, tmp_path) == 60 * 1024
-    assert tree_pss(9, index, tmp_path) is None
+    assert tree_footprint(1, index, tmp_path).pss == 60 * 1024
+    assert tree_footprint(2, index, tmp_path).pss == 60 * 1024
+    assert tree_footprint(9, index, tmp_path) is None
 
 
 # ---------------------------------------------------------------- real processes
@@ -419,7 +419,7 @@ def _started(*args: str, **options: object) -> Iterator[subprocess.Popen[str]]:
 def test_real_pss_of_a_process_that_touched_64_mib() -> None:
     with _started("-c", ALLOCATE.format(size=64 * MiB)) as child:
         assert _read_line(child, 30).strip() == "ready"
-        pss = tree_pss(child.pid, children_index(process_table()))
+        pss = tree_footprint(child.pid, children_index(process_table())).pss
         assert pss is not None
         assert 60 * MiB <= pss < 200 * MiB
         assert read_pss(child.pid) == pss  # no children of its own
@@ -432,7 +432,7 @@ def test_real_tree_pss_includes_the_childs_memory() -> None:
         index = children_index(process_table())
         assert int(horse) in index[parent.pid]
         own = read_pss(parent.pid)
-        tree = tree_pss(parent.pid, index)
+        tree = tree_footprint(parent.pid, index).pss
         assert own is not None
         assert tree is not None
         assert own < 60 * MiB
