@@ -86,7 +86,8 @@ def auto_sizes(desired: Mapping[str, tuple[Group, int]], workers: Collection[Wor
         if target != count:
             resized.append(Resize(name, target, (
                 f"auto: {name} {count}->{target} workers ({memory.format_bytes(per_worker)} per worker at "
-                f"peak, {memory.format_bytes(others)} for the rest, limit {memory.format_bytes(limit)} "
+                f"peak{', not shared with the template' if spec.forked else ''}, "
+                f"{memory.format_bytes(others)} for the rest, limit {memory.format_bytes(limit)} "
                 f"x {headroom:g})")))
     return resized
 
