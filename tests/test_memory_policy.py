@@ -1,0 +1,63 @@
+"""The pool's memory decisions with plain values: which worker to recycle, how many `auto` workers fit."""
+
+from __future__ import annotations
+
+from entrypoint.memory_policy import WARM_SAMPLES, Recycle, Resize, auto_sizes, guard_victim, over_ceiling
+from entrypoint.pool import Worker
+from entrypoint.poolconfig import Group
+
+MIB = 2**20
+AUTO = Group(name="q", queues=("q",), count=None, min_count=1, max_count=50, argv=("w",))
+FORKED = Group(name="q", queues=("q",), count=None, min_count=1, max_count=50, argv=("w",), forked=True)
+
+
+def worker(pid: int, spec: Group = AUTO, pss: int = 0, private: int = 0, **fields) -> Worker:
+    return Worker(spec.name, pid, pid, spec, 0.0, pss=pss, peak_pss=pss, private=private,
+                  peak_private=private, samples=WARM_SAMPLES, **fields)
+
+
+def test_exec_d_workers_are_planned_by_their_peak_pss() -> None:
+    workers = [worker(1, pss=30 * MIB), worker(2, pss=40 * MIB)]
+    total = 20 * MIB + 70 * MIB  # the manager and the two workers
+    (resize,) = auto_sizes({"q": (AUTO, 2)}, workers, total, 512 * MIB, 0.85)
+    # (0.85 * 512 - 20) MiB left for workers of 40 MiB at peak: 10
+    assert (resize.group, resize.count) == ("q", 10)
+    assert "40.0 MiB per worker at peak, 20.0 MiB for the rest" in resize.reason
+
+
+def test_forked_workers_are_planned_by_what_they_hold_alone() -> None:
+    """A forked worker's PSS includes its share of the template's pages, which shrinks as more
+    workers share them: planning by it would stop far short of what fits."""
+    workers = [worker(1, FORKED, pss=25 * MIB, private=9 * MIB), worker(2, FORKED, pss=25 * MIB, private=10 * MIB)]
+    total = 12 * MIB + 30 * MIB + 50 * MIB  # manager, template, workers
+    (resize,) = auto_sizes({"q": (FORKED, 2)}, workers, total, 512 * MIB, 0.85)
+    others = total - 19 * MIB  # everything but what the workers hold alone
+    assert resize == Resize("q", int((0.85 * 512 * MIB - others) // (10 * MIB)), resize.reason)
+    assert resize.count == 36
+    assert "not shared with the template" in resize.reason
+
+
+def test_auto_waits_until_every_worker_has_been_measured_a_few_times() -> None:
+    cold = worker(2, pss=30 * MIB)
+    cold.samples = WARM_SAMPLES - 1
+    assert auto_sizes({"q": (AUTO, 2)}, [worker(1, pss=30 * MIB), cold], 80 * MIB, 512 * MIB, 0.85) == []
+    assert auto_sizes({"q": (AUTO, 3)}, [worker(1, pss=30 * MIB)], 80 * MIB, 512 * MIB, 0.85) == [], (
+        "nor while the group is still growing to its count")
+
+
+def test_a_ceiling_recycles_each_worker_above_it_once() -> None:
+    spec = Group(name="q", queues=("q",), count=2, min_count=2, max_count=2, argv=("w",), max_memory=100 * MIB)
+    big, small = worker(1, spec, pss=120 * MIB), worker(2, spec, pss=80 * MIB)
+    stopping = worker(3, spec, pss=150 * MIB, stop_sent=1.0)
+    assert [r.worker for r in over_ceiling([big, small, stopping])] == [big]
+
+
+def test_the_guard_picks_the_largest_worker_one_at_a_time() -> None:
+    workers = [worker(1, pss=100 * MIB), worker(2, pss=300 * MIB)]
+    # The guard acts halfway between the headroom (85%) and the limit: at 92.5% of 512 MiB, 473.6 MiB.
+    assert guard_victim(workers, 474 * MIB, 512 * MIB, 0.85) == Recycle(
+        workers[1], "the pool uses 474.0 MiB of 512.0 MiB: recycling the largest worker")
+    assert guard_victim(workers, 473 * MIB, 512 * MIB, 0.85) is None
+    workers[0].stop_sent = 1.0
+    assert guard_victim(workers, 500 * MIB, 512 * MIB, 0.85) is None, "one recycled worker at a time"
+    assert guard_victim(workers, 500 * MIB, None, 0.85) is None
