@@ -44,9 +44,9 @@ KUBERNETES_VERSIONS = ["1.31.0", None]
 NOT_CORE = {"keda.sh/v1alpha1", "kustomize.config.k8s.io/v1beta1"}
 HEALTH_COMMAND = ["entrypoint", "--health"]
 # The example's RQ worker at its peak (a job's work-horse included) and the manager, as the pool
-# measured them for `count: auto` in a 512 MiB cgroup (RQ 2, Python 3.11): the pool's log said
-# "auto: crunch_data 1->11 workers (31.7 MiB per worker at peak ...)", its status a 12.5 MiB
-# manager. keda.yaml's listLength for an auto group is derived from these.
+# measures them with jobs running in a 512 MiB cgroup (`python3 benchmarks/example_pod.py`: largest
+# worker 31.6 MiB, manager 12.4 MiB, crunch_data settles on 11; RQ 2, Python 3.11). keda.yaml's
+# listLength for an auto group is derived from these.
 EXAMPLE_WORKER_PEAK = 32 * 1024 * 1024
 EXAMPLE_MANAGER = 13 * 1024 * 1024
 
