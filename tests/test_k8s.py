@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from conftest import wait_for
+from test_health import current_problem
 from test_shipping import (
     DOCKERFILE,
     ROOT,
@@ -33,7 +34,7 @@ from test_shipping import (
 
 from entrypoint.cli import HEALTH_TIMEOUT
 from entrypoint.config import load_config
-from entrypoint.control import default_socket_path, request
+from entrypoint.control import default_socket_path
 from entrypoint.memory import auto_worker_count
 
 K8S = ROOT / "k8s"
@@ -385,8 +386,7 @@ def test_the_shipped_health_commands_find_a_pool_through_the_shared_environment(
     (tmp_path / "pool.yml").write_text("q:\n  count: 1\n  command: [sleep, '1000']\n")
     env = runner.env(POOL_SOCKET=str(tmp_path / "pool.sock"))
     pool = runner.start([], env=env)
-    wait_for(lambda: (tmp_path / "pool.sock").exists() and request(str(tmp_path / "pool.sock"),
-                                                                   {"command": "ping"}), 10, "the pool")
+    wait_for(lambda: current_problem(str(tmp_path / "pool.sock")) is not None, 10, "the pool to answer")
     commands = {"Dockerfile": healthcheck()[1],
                 "compose": read_compose()["services"]["worker"]["healthcheck"]["test"][1:],
                 **{probe: worker_container()[probe]["exec"]["command"]
