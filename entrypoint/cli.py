@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from entrypoint import __version__
 from entrypoint.cmdline import BLANKS, Command, parse_line, scan_line
-from entrypoint.console import Log
+from entrypoint.console import ERROR, Log
 from entrypoint.init import Forwarding, Init, InitOptions
 from entrypoint.shutdown import (
     StopPolicy,
@@ -28,8 +28,12 @@ if TYPE_CHECKING:  # the pool's modules are imported only when the pool runs
 T = TypeVar("T")
 
 # Exit statuses of our own (README "Exit status"); the pool's are in supervisor.py.
+EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
 EXIT_NO_POOL = 4
+# --health runs every few seconds under a probe's own timeout: a pool that cannot answer in this
+# long counts as not answering.
+HEALTH_TIMEOUT = 2.0
 
 DESCRIPTION = """\
 With COMMAND: run it as PID 1's child - reap zombies, forward signals, stop with grace.
@@ -57,7 +61,8 @@ exit status:
   0 the pool stopped in time      1 workers had to be KILLed at the term timeout
   2 bad option, variable or config file
   3 a worker group crash-looped and --exit-on-crash-loop is on
-  4 --status/--scale/--reload found no running pool"""
+  4 --status/--health/--scale/--reload found no running pool
+  --health: 0 healthy, 1 a group is crash-looping or memory is over the guard (one line says which)"""
 
 
 class UsageError(Exception):
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="entrypoint",
         usage="entrypoint [OPTIONS] [--] COMMAND [ARG...]\n"
         "       entrypoint [OPTIONS]                      (the worker pool)\n"
-        "       entrypoint --check | --status [--json] | --scale GROUP=N | --reload",
+        "       entrypoint --check | --status [--json] | --health | --scale GROUP=N | --reload",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -119,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--status", action="store_true",
                          help="show every worker: group, slot, pid, state, uptime, restarts")
     control.add_argument("--json", action="store_true", help="with --status: print JSON")
+    control.add_argument("--health", action="store_true",
+                         help="exit 0 if the pool is healthy, 1 with a line saying which group or "
+                         "limit is wrong (for HEALTHCHECK and probes)")
     control.add_argument("--scale", metavar="GROUP=N", help="set a group's worker count")
     control.add_argument("--reload", action="store_true",
                          help="reload the config file (as SIGHUP does)")
@@ -247,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             mark_inherited_descriptors_cloexec()
             return Init(invocation.command, options, env, log).run()
-        if args.status or args.scale is not None or args.reload:
+        if args.status or args.health or args.scale is not None or args.reload:
             return steer_pool(args, env)
         return run_pool(args, log)
     except UsageError as error:
@@ -322,7 +330,7 @@ def memory_limit(args: argparse.Namespace, config: PoolConfig) -> MemoryLimit:
 
 
 def steer_pool(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """--status, --scale and --reload: one request to the running pool's control socket."""
+    """--status, --health, --scale and --reload: one request to the running pool's control socket."""
     from entrypoint.control import default_socket_path, request
 
     path = args.socket or default_socket_path(env)
@@ -331,16 +339,24 @@ def steer_pool(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if not sep or not count.isdigit():
             raise UsageError(f"--scale: expected GROUP=N, got {args.scale!r}")
         payload = {"command": "scale", "group": group, "count": int(count)}
+    elif args.health:
+        payload = {"command": "health"}
     else:
         payload = {"command": "status" if args.status else "reload"}
     try:
-        reply = request(path, payload)
+        reply = request(path, payload, timeout=HEALTH_TIMEOUT) if args.health else request(path, payload)
     except (OSError, ValueError) as error:
         Log().error(f"no pool answering at {path} ({error})")
         return EXIT_NO_POOL
     if "error" in reply:
         Log().error(str(reply["error"]))
         return EXIT_USAGE
+    if args.health:
+        if not reply["healthy"]:
+            Log().emit(ERROR, f"unhealthy: {reply['problem']}")
+            return EXIT_UNHEALTHY
+        print(f"healthy: {reply['running']} of {reply['wanted']} worker(s) running")
+        return 0
     from entrypoint.console import print_reply
 
     print_reply(payload["command"], reply, as_json=args.json)

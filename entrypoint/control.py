@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 _MAX_REQUEST = 64 * 1024
 
 
-def default_socket_path(env: Mapping[str, str]) -> str:
+def default_socket_path(env: Mapping[str, str], uid: int | None = None) -> str:
     """One socket per user, in a directory only that user may enter (no TCP port, no other user)."""
-    return env.get("POOL_SOCKET") or f"/tmp/entrypoint-{os.getuid()}/pool.sock"
+    return env.get("POOL_SOCKET") or f"/tmp/entrypoint-{os.getuid() if uid is None else uid}/pool.sock"
 
 
 class ControlServer:

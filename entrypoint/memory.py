@@ -261,6 +261,11 @@ def workers_over_ceiling(usage: Mapping[int, int], ceiling: int) -> list[int]:
     return sorted(over, key=lambda worker: usage[worker], reverse=True)
 
 
+def guard_fraction(headroom: float) -> float:
+    """Where the pool guard acts: halfway between the headroom `auto` plans up to and the limit."""
+    return (1 + headroom) / 2
+
+
 def pick_for_pool_guard(
     usage: Mapping[int, int], total: int, limit: int, guard_fraction: float
 ) -> int | None:

@@ -16,6 +16,7 @@ from entrypoint import memory, pool, reaper
 from entrypoint.config import ConfigError, Group, PoolConfig
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
+from entrypoint.health import first_problem, looping_slots, memory_problem
 from entrypoint.init import prepare_process
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
 from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
@@ -246,8 +247,7 @@ class Supervisor:
         if self.limit.bytes is None or any(w.stop_sent is not None for w in self.workers.values()):
             return
         usage = {pid: w.pss or 0 for pid, w in self.workers.items()}
-        # `auto` plans up to the headroom; the guard acts halfway between it and the limit.
-        guard = (1 + self.config.memory_headroom) / 2
+        guard = memory.guard_fraction(self.config.memory_headroom)
         victim = memory.pick_for_pool_guard(usage, self.total_pss(), self.limit.bytes, guard)
         if victim is not None:
             worker = self.workers[victim]
@@ -512,6 +512,8 @@ class Supervisor:
             return {"ok": True}
         if command == "status":
             return self.status()
+        if command == "health":
+            return self.health()
         if command == "reload":
             return self.reload()
         if command == "scale":
@@ -557,6 +559,24 @@ class Supervisor:
                 "oom_kills": self.read_oom_kills() - self.oom_kills_at_start,
             },
         }
+
+    def health(self) -> dict:
+        """--health: crash loops and memory from what the pool already knows (no walk over /proc)."""
+        now = time.monotonic()
+        counts = {name: count for name, (_, count) in self.effective_desired().items()}
+        uptimes = {w.key: now - w.started for w in self.workers.values() if w.stop_sent is None}
+        limit = self.limit
+        usage_now = (memory.read_usage(limit.cgroup_version, limit.cgroup_dir)
+                     if limit.bytes is not None and limit.cgroup_dir is not None and limit.cgroup_version is not None
+                     else None)
+        problem = first_problem(
+            self.stopping,
+            looping_slots(counts, uptimes, self.history, self.backoff.reset_after),
+            memory_problem(self.total_pss(), limit.bytes, memory.guard_fraction(self.config.memory_headroom),
+                           usage_now),
+        )
+        return {"healthy": problem is None, "problem": problem, "running": len(uptimes),
+                "wanted": sum(counts.values())}
 
     # -- output --------------------------------------------------------------------------------
 
