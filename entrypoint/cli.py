@@ -339,8 +339,6 @@ def run_pool(args: argparse.Namespace, log: Log) -> int:
 
 def memory_limit(args: argparse.Namespace, config: PoolConfig) -> MemoryLimit:
     """--memory-limit, then MEMORY_LIMIT, then the file's pool.memory_limit, then the cgroup's."""
-    from dataclasses import replace
-
     from entrypoint.memory import find_memory_limit
 
     try:
@@ -348,7 +346,7 @@ def memory_limit(args: argparse.Namespace, config: PoolConfig) -> MemoryLimit:
     except ValueError as error:
         raise UsageError(str(error)) from None
     if config.memory_limit and args.memory_limit is None and not os.environ.get("MEMORY_LIMIT", "").strip():
-        return replace(found, bytes=config.memory_limit, source=f"{config.source}: pool.memory_limit")
+        return found._replace(bytes=config.memory_limit, source=f"{config.source}: pool.memory_limit")
     return found
 
 

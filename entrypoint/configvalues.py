@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 from entrypoint.memory import parse_size
 from entrypoint.poolconfig import MAX_COUNT, MAX_SECONDS, Group, Problem
@@ -181,12 +180,12 @@ def _fill(template: tuple[str, ...], group: Group) -> tuple[str, ...]:
 def with_argv(group: Group, template: tuple[str, ...] | None, env: Mapping[str, str]) -> Group:
     """The group with its command filled in: its template's, else the default RQ worker's."""
     if template is not None:
-        return replace(group, argv=_fill(template, group))
+        return group._replace(argv=_fill(template, group))
     # Imported here: RQ is an optional dependency, and a pool that gives all its commands never
     # needs it.
     from entrypoint.rqworker import default_worker_argv
 
-    return replace(group, argv=default_worker_argv(group.queues, env))
+    return group._replace(argv=default_worker_argv(group.queues, env))
 
 
 def env_command(env: Mapping[str, str], problems: list[Problem]) -> tuple[str, ...] | None:
