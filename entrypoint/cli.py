@@ -289,29 +289,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_pool(args: argparse.Namespace, log: Log) -> int:
     """The pool: load the config (or the environment), then supervise; --check only reports."""
-    from pathlib import Path
-
-    from entrypoint.config import find_config_file, load_config, read_dotenv
+    from entrypoint.configprocess import read_at_start, reload_in_child, start_in_child
     from entrypoint.poolconfig import ConfigError
 
-    cwd = Path.cwd()
+    cwd = os.getcwd()
     try:
-        read_dotenv(cwd, os.environ)  # before anything reads the environment; never overrides it
-        stop = stop_policy(args, os.environ)
-
-        # A reload reads the file found at start, even if it is gone by then: never another
-        # file, nor the environment, by surprise.
-        found = find_config_file(args.config, os.environ, cwd)
-        path = str(found) if found is not None else None
-
-        def load():
-            return load_config(path, os.environ, cwd)
-
-        config = load()
+        # --check may import anything; the pool reads in a child, so PID 1 never loads PyYAML.
+        started = read_at_start(args.config, cwd) if args.check else start_in_child(args.config, cwd)
     except ConfigError as error:
         for problem in error.problems:
             log.error(str(problem))
         return EXIT_USAGE
+    os.environ.update(started.dotenv)  # before anything else reads the environment
+    stop = stop_policy(args, os.environ)
+    config = started.config
+
+    def load() -> PoolConfig:
+        # A reload reads the file found at start, even if it is gone by then: never another
+        # file, nor the environment, by surprise.
+        return reload_in_child(started.path, cwd)
+
     if args.check:
         from entrypoint.console import print_config
 

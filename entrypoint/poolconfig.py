@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from entrypoint.text import one_line
 
@@ -78,3 +78,10 @@ class PoolConfig(NamedTuple):
     memory_limit: int | None = None
     memory_interval: float = 2.0  # seconds between two measurements of every worker's memory
 
+    def to_plain(self) -> dict[str, Any]:
+        """Built-in types only (marshal's), to cross a pipe from the process that read the file."""
+        return {**self._asdict(), "groups": tuple(group._asdict() for group in self.groups)}
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> PoolConfig:
+        return cls(**{**plain, "groups": tuple(Group(**group) for group in plain["groups"])})
