@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from entrypoint import __version__
@@ -22,6 +22,8 @@ from entrypoint.shutdown import (
 from entrypoint.signals import parse_rewrite
 
 if TYPE_CHECKING:  # the pool's modules are imported only when the pool runs
+    import argparse
+
     from entrypoint.memory import MemoryLimit
     from entrypoint.poolconfig import PoolConfig
 
@@ -64,19 +66,14 @@ class UsageError(Exception):
     """Bad flags or environment: one line on stderr and exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        raise UsageError(message)
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """argparse's, told the terminal's width: its own way asks shutil, on every add_argument.
-
-    shutil brings bz2, lzma and zlib, 0.6 MB that PID 1 would carry for a --help it never prints.
-    """
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=_terminal_columns() - 2)
+# Every option's value when it is not given: build_parser's defaults, and the whole of a command
+# line that starts with the command (read without argparse).
+DEFAULTS: dict[str, object] = {
+    "term_timeout": None, "term_delay": None, "term_sent_to_all": None,
+    "process_group": False, "rewrite": [], "remap_exit": [],
+    "config": None, "check": False, "exit_on_crash_loop": None, "memory_limit": None, "prefix": None,
+    "socket": None, "status": False, "json": False, "scale": None, "reload": False, "verbose": 0,
+}
 
 
 def _terminal_columns() -> int:
@@ -94,15 +91,33 @@ def _terminal_columns() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    """Every option with its help. argparse is imported only here: with gettext and locale it
+    costs 0.8 MB, which an init whose command line starts with the command never pays."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # type: ignore[override]
+            raise UsageError(message)
+
+    class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+        """argparse's, told the terminal's width: its own way asks shutil, on every add_argument.
+
+        shutil brings bz2, lzma and zlib, 0.6 MB that PID 1 would carry for a --help it never prints.
+        """
+
+        def __init__(self, prog: str) -> None:
+            super().__init__(prog, width=_terminal_columns() - 2)
+
+    parser = Parser(
         prog="entrypoint",
         usage="entrypoint [OPTIONS] [--] COMMAND [ARG...]\n"
         "       entrypoint [OPTIONS]                      (the worker pool)\n"
         "       entrypoint --check | --status [--json] | --scale GROUP=N | --reload",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    parser.set_defaults(**DEFAULTS)
     stop = parser.add_argument_group("stopping (init and pool)")
     stop.add_argument("-t", "--term-timeout", metavar="SECONDS",
                       help="after TERM/INT, KILL everything left this much later "
@@ -111,17 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="wait this long before passing TERM/INT on (drain time; "
                       "counted inside the timeout)")
     stop.add_argument("--term-sent-to-all", dest="term_sent_to_all", action="store_true",
-                      default=None, help="the platform TERMs every process itself: never pass "
+                      help="the platform TERMs every process itself: never pass "
                       "TERM on, still KILL at the timeout (default when $DYNO is set)")
     stop.add_argument("--no-term-sent-to-all", dest="term_sent_to_all", action="store_false",
                       help="pass TERM on even when $DYNO is set")
     init = parser.add_argument_group("init (with COMMAND)")
     init.add_argument("-g", "--process-group", action="store_true",
                       help="send signals to the child's whole process group")
-    init.add_argument("-r", "--rewrite", metavar="FROM:TO", action="append", default=[],
+    init.add_argument("-r", "--rewrite", metavar="FROM:TO", action="append",
                       help="pass signal FROM on as TO (names or numbers; TO 0 drops it); "
                       "repeatable")
-    init.add_argument("-e", "--remap-exit", metavar="CODE", action="append", default=[],
+    init.add_argument("-e", "--remap-exit", metavar="CODE", action="append",
                       type=_exit_code, help="exit 0 when the child exits with CODE "
                       "(e.g. 143); repeatable")
     pool = parser.add_argument_group("pool (without COMMAND)")
@@ -130,12 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "pool.yml, config/resque-pool.yml, resque-pool.yml)")
     pool.add_argument("--check", action="store_true",
                       help="print the resolved pool, or every problem in the config, and exit")
-    pool.add_argument("--exit-on-crash-loop", action="store_true", default=None,
+    pool.add_argument("--exit-on-crash-loop", action="store_true",
                       help="exit 3 when a worker group keeps crashing, so the platform "
                       "restarts the container")
     pool.add_argument("--memory-limit", metavar="SIZE",
                       help="the memory the pool may use (512M, 1G; default: the cgroup's)")
-    pool.add_argument("--prefix", action="store_true", default=None,
+    pool.add_argument("--prefix", action="store_true",
                       help="prefix each line of worker output with group.slot")
     pool.add_argument("--socket", metavar="PATH",
                       help="the control socket (default /tmp/entrypoint-UID/pool.sock)")
@@ -146,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--scale", metavar="GROUP=N", help="set a group's worker count")
     control.add_argument("--reload", action="store_true",
                          help="reload the config file (as SIGHUP does)")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
+    parser.add_argument("-v", "--verbose", action="count",
                         help="more detail: -v lifecycle, -vv every reap and forward")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
@@ -156,17 +171,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _exit_code(text: str) -> int:
     if not text.isdigit() or int(text) > 255:
+        import argparse
+
         raise argparse.ArgumentTypeError(f"expected an exit code from 0 to 255, got {text!r}")
     return int(text)
 
 
 class Invocation(NamedTuple):
-    args: argparse.Namespace
+    args: argparse.Namespace | SimpleNamespace  # the options' values by name, as argparse gives them
     command: Command | None
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
     """Our options and the command, including Heroku's whole `run:` line in one argument."""
+    return _command_alone(argv, env) or _with_options(argv, env)
+
+
+def _command_alone(argv: Sequence[str], env: Mapping[str, str]) -> Invocation | None:
+    """A command line that starts with the command (ENTRYPOINT and CMD, no options), without argparse.
+
+    None when argparse must judge: an option, a word that starts with a dash, or no command.
+    """
+    words = list(argv[1:]) if argv[:1] == ["--"] else list(argv)
+    if not words or words[0].startswith("-"):
+        return None
+    not_given = SimpleNamespace(**{name: list(value) if isinstance(value, list) else value
+                                   for name, value in DEFAULTS.items()})
+    if len(words) > 1 or not _is_command_line(words[0]):
+        return Invocation(not_given, Command(tuple(words), via_shell=False))
+    scan = scan_line(words[0], env)
+    if not scan.words or scan.words[0].text.startswith("-"):
+        return None  # Heroku's one string, holding options of ours (or nothing)
+    return Invocation(not_given, parse_line(words[0][scan.words[0].start :], env))
+
+
+def _with_options(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
     parser = build_parser()
     if len(argv) == 1 and _is_command_line(argv[0]):
         return _one_string(parser, [], argv[0], env)  # may start with our own options

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from entrypoint import cli
 from entrypoint.cli import parse
 from entrypoint.cmdline import Command
 
@@ -54,3 +57,38 @@ def test_help_is_as_wide_as_columns_says() -> None:
 
     narrow, wide = widest("60"), widest("200")
     assert narrow <= 58 < wide
+
+
+# --- A command line that starts with the command is read without argparse ---------------------
+
+WORDS = ["sleep", "60", "-v", "-g", "--", "-t", "5", "--term-timeout=3", "--help", "--version", "--check",
+         "python worker.py", "-t 2 python worker.py", "$EMPTY -t 2 python worker.py", "-- -weird", "$EMPTY",
+         "$EMPTY rq worker",
+         "rq worker | tee x", "entrypoint", "", " ", "'q r'", "x$QUEUE"]
+ENV = {"EMPTY": "", "QUEUE": "high"}
+
+
+def test_every_option_has_its_default_in_defaults() -> None:
+    given = vars(cli.build_parser().parse_args([]))
+    assert given.pop("command") == []
+    assert given == cli.DEFAULTS
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), max_size=5))
+def test_reading_without_argparse_gives_what_argparse_gives(argv: list[str]) -> None:
+    alone = cli._command_alone(argv, ENV)
+    if alone is None:
+        return
+    with_options = cli._with_options(argv, ENV)
+    assert alone.command == with_options.command
+    assert vars(alone.args) == {name: value for name, value in vars(with_options.args).items() if name != "command"}
+
+
+def test_the_init_with_its_command_first_never_imports_argparse() -> None:
+    code = ("import sys; from entrypoint.cli import parse; parse(sys.argv[1:], {}); "
+            "print(sorted({'argparse', 'gettext', 'locale', 'shutil'} & set(sys.modules)))")
+    for argv in (["--", "sleep", "60"], ["rq", "worker", "-v"], ["python worker.py --queue high"]):
+        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=30,
+                                check=True)
+        assert result.stdout.strip() == "[]", argv
