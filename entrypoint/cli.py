@@ -183,8 +183,12 @@ class Invocation(NamedTuple):
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
-    """Our options and the command, including Heroku's whole `run:` line in one argument."""
-    return _command_alone(argv, env) or _with_options(argv, env)
+    """Our options and the command, including Heroku's whole `run:` line in one argument.
+
+    argparse, with gettext and locale, would stay 0.8 MB in PID 1 for the rest of its life: a
+    command line that starts with the command is read without it, any other in a short-lived child.
+    """
+    return _command_alone(argv, env) or _parsed_in_child(argv, env)
 
 
 def _command_alone(argv: Sequence[str], env: Mapping[str, str]) -> Invocation | None:
@@ -203,6 +207,29 @@ def _command_alone(argv: Sequence[str], env: Mapping[str, str]) -> Invocation | 
     if not scan.words or scan.words[0].text.startswith("-"):
         return None  # Heroku's one string, holding options of ours (or nothing)
     return Invocation(not_given, parse_line(words[0][scan.words[0].start :], env))
+
+
+def _parsed_in_child(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
+    """_with_options in a child of ours; its UsageError is raised here, its --help is printed."""
+    from entrypoint.childcall import NoAnswer, call_in_child
+
+    def read() -> tuple[str, object, object]:
+        try:
+            invocation = _with_options(argv, env)
+        except UsageError as error:
+            return "usage", str(error), None
+        command = invocation.command
+        return "parsed", vars(invocation.args), None if command is None else tuple(command)
+
+    try:
+        kind, args, command = call_in_child(read)
+    except OSError:  # no fork to be had (a pids limit): read them here
+        return _with_options(argv, env)
+    except NoAnswer as exited:  # --help or --version printed what was asked
+        raise SystemExit(os.waitstatus_to_exitcode(exited.status)) from None
+    if kind == "usage":
+        raise UsageError(str(args))
+    return Invocation(SimpleNamespace(**args), None if command is None else Command(*command))
 
 
 def _with_options(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:

@@ -1,18 +1,17 @@
 """How the pool gets its config: .env and the file read at start and on reload, in a short-lived child of ours.
 
-PID 1 never imports PyYAML, python-dotenv or the file walker: a fork of it reads the file and
-sends the result back over a pipe as built-in values (marshal: already loaded, unlike pickle's
-0.4 MB), then exits. --check is not PID 1 and reads in its own process.
+PID 1 never imports PyYAML, python-dotenv or the file walker: the child reads the file and
+sends back the config as built-in values. --check is not PID 1 and reads in its own process.
 """
 
 from __future__ import annotations
 
-import marshal
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from entrypoint import reaper
+from entrypoint.childcall import NoAnswer, call_in_child
 from entrypoint.poolconfig import ConfigError, PoolConfig, Problem
 
 
@@ -64,56 +63,22 @@ def reload_in_child(path: str | None, cwd: str) -> PoolConfig:
 
 
 def _in_child(read: Callable[[], Any], source: str) -> Any:
-    """`read()`'s value, computed in a fork of ours that we wait for ourselves.
+    """`read()`'s value, computed in a short-lived child; its ConfigError is raised here."""
 
-    The child is reaped here, by its pid, before the pool's loop runs again: the loop's
-    waitpid(-1) never sees it, so it is never taken for a worker or an orphan.
-    """
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    def answer() -> tuple[str, Any]:
+        try:
+            return "config", read()
+        except ConfigError as error:
+            return "problems", [tuple(problem) for problem in error.problems]
+
     try:
-        pid = os.fork()
+        kind, value = call_in_child(answer)
     except OSError as error:
-        os.close(read_end)
-        os.close(write_end)
         raise ConfigError.one(source, None, "", f"cannot start a process to read it ({error.strerror})") from None
-    if pid == 0:
-        os.close(read_end)
-        _answer(read, write_end)
-    os.close(write_end)
-    try:
-        with os.fdopen(read_end, "rb") as pipe:
-            answer = pipe.read()
-    finally:
-        _, status = os.waitpid(pid, 0)
-    try:
-        kind, value = marshal.loads(answer)
-    except (EOFError, ValueError, TypeError):
+    except NoAnswer as failed:
         raise ConfigError.one(
-            source, None, "", f"could not be read: the process reading it {reaper.describe(status)}"
+            source, None, "", f"could not be read: the process reading it {reaper.describe(failed.status)}"
         ) from None
     if kind == "problems":
         raise ConfigError(Problem(*problem) for problem in value)
     return value
-
-
-def _answer(read: Callable[[], Any], pipe: int) -> None:
-    """In the child: never returns. A bug of ours shows its traceback and leaves the pipe empty."""
-    code = 0
-    try:
-        try:
-            answer = ("config", read())
-        except ConfigError as error:
-            answer = ("problems", [tuple(problem) for problem in error.problems])
-        with os.fdopen(pipe, "wb") as out:
-            out.write(marshal.dumps(answer))
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:
-        import sys
-        import traceback
-
-        traceback.print_exc()
-        sys.stderr.flush()
-        code = 1
-    finally:
-        os._exit(code)

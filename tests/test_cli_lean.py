@@ -85,10 +85,30 @@ def test_reading_without_argparse_gives_what_argparse_gives(argv: list[str]) -> 
     assert vars(alone.args) == {name: value for name, value in vars(with_options.args).items() if name != "command"}
 
 
-def test_the_init_with_its_command_first_never_imports_argparse() -> None:
+@pytest.mark.parametrize("argv", [
+    ["--", "sleep", "60"], ["rq", "worker", "-v"], ["python worker.py --queue high"],  # read without argparse
+    ["-t", "5", "-v", "--", "sleep", "60"], ["-t 5 python worker.py"], ["--socket", "pool.sock"],  # in a child
+])
+def test_reading_the_command_line_leaves_no_argparse_behind(argv: list[str]) -> None:
     code = ("import sys; from entrypoint.cli import parse; parse(sys.argv[1:], {}); "
             "print(sorted({'argparse', 'gettext', 'locale', 'shutil'} & set(sys.modules)))")
-    for argv in (["--", "sleep", "60"], ["rq", "worker", "-v"], ["python worker.py --queue high"]):
-        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=30,
-                                check=True)
-        assert result.stdout.strip() == "[]", argv
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=30,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_options_read_in_a_child_come_back_as_they_were_given() -> None:
+    invocation = parse(["-g", "-vv", "-t", "5", "-r", "USR1:USR2", "-e", "143", "--", "python", "app.py"], {})
+    assert invocation.command == Command(("python", "app.py"), via_shell=False)
+    args = invocation.args
+    assert (args.process_group, args.verbose, args.term_timeout, args.rewrite, args.remap_exit) == (
+        True, 2, "5", ["USR1:USR2"], [143])
+    with pytest.raises(cli.UsageError, match="unrecognized arguments: --bogus"):
+        parse(["--bogus"], {})
+
+
+@pytest.mark.parametrize(("flag", "words"), [("--help", "usage: entrypoint"), ("--version", "entrypoint 0.")])
+def test_help_and_version_printed_by_the_child_exit_0(flag: str, words: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "entrypoint", flag], capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith(words)
