@@ -1,4 +1,4 @@
-"""The command line without shutil: a program whose path has a space, and --help's width."""
+"""entrypoint.options: the command line read without argparse, or by argparse in a child; no shutil either."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entrypoint import cli
-from entrypoint.cli import parse
+from entrypoint import options
 from entrypoint.cmdline import Command
+from entrypoint.options import parse
 
 
 def program(path: Path, mode: int = 0o755) -> Path:
@@ -69,18 +69,18 @@ ENV = {"EMPTY": "", "QUEUE": "high"}
 
 
 def test_every_option_has_its_default_in_defaults() -> None:
-    given = vars(cli.build_parser().parse_args([]))
+    given = vars(options.build_parser().parse_args([]))
     assert given.pop("command") == []
-    assert given == cli.DEFAULTS
+    assert given == options.DEFAULTS
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(WORDS), max_size=5))
 def test_reading_without_argparse_gives_what_argparse_gives(argv: list[str]) -> None:
-    alone = cli._command_alone(argv, ENV)
+    alone = options._command_alone(argv, ENV)
     if alone is None:
         return
-    with_options = cli._with_options(argv, ENV)
+    with_options = options._with_options(argv, ENV)
     assert alone.command == with_options.command
     assert vars(alone.args) == {name: value for name, value in vars(with_options.args).items() if name != "command"}
 
@@ -90,7 +90,7 @@ def test_reading_without_argparse_gives_what_argparse_gives(argv: list[str]) -> 
     ["-t", "5", "-v", "--", "sleep", "60"], ["-t 5 python worker.py"], ["--socket", "pool.sock"],  # in a child
 ])
 def test_reading_the_command_line_leaves_no_argparse_behind(argv: list[str]) -> None:
-    code = ("import sys; from entrypoint.cli import parse; parse(sys.argv[1:], {}); "
+    code = ("import sys; from entrypoint.options import parse; parse(sys.argv[1:], {}); "
             "print(sorted({'argparse', 'gettext', 'locale', 'shutil'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=30,
                             check=True)
@@ -103,7 +103,7 @@ def test_options_read_in_a_child_come_back_as_they_were_given() -> None:
     args = invocation.args
     assert (args.process_group, args.verbose, args.term_timeout, args.rewrite, args.remap_exit) == (
         True, 2, "5", ["USR1:USR2"], [143])
-    with pytest.raises(cli.UsageError, match="unrecognized arguments: --bogus"):
+    with pytest.raises(options.UsageError, match="unrecognized arguments: --bogus"):
         parse(["--bogus"], {})
 
 
