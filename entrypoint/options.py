@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, NamedTuple
 
 from entrypoint import __version__
+from entrypoint.childcall import NoAnswer, call_in_child
 from entrypoint.cmdline import BLANKS, Command, parse_line, scan_line
 
 if TYPE_CHECKING:
@@ -195,7 +196,6 @@ def _command_alone(argv: Sequence[str], env: Mapping[str, str]) -> Invocation | 
 
 def _parsed_in_child(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
     """_with_options in a child of ours; its UsageError is raised here, its --help is printed."""
-    from entrypoint.childcall import NoAnswer, call_in_child
 
     def read() -> tuple[str, object, object]:
         try:
@@ -217,6 +217,7 @@ def _parsed_in_child(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
 
 
 def _with_options(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
+    """What argparse makes of the command line: in the child, or here when no fork is to be had."""
     parser = build_parser()
     if len(argv) == 1 and _is_command_line(argv[0]):
         return _one_string(parser, [], argv[0], env)  # may start with our own options
