@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import select
@@ -10,15 +9,15 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from entrypoint import memory, pool, reaper
-from entrypoint.config import ConfigError, Group, PoolConfig
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
 from entrypoint.health import first_problem, looping_slots, memory_problem
 from entrypoint.init import prepare_process
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
+from entrypoint.poolconfig import ConfigError, Group, PoolConfig
 from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
 from entrypoint.signals import Received, child_changed, signal_name
 from entrypoint.spawn import SpawnError, spawn
@@ -37,8 +36,7 @@ SUMMARY_SECONDS = 60.0
 WARM_SAMPLES = 3
 
 
-@dataclass(frozen=True)
-class PoolOptions:
+class PoolOptions(NamedTuple):
     stop: StopPolicy  # from flags and env; a group's own term_timeout wins for its workers
     stop_from_flags: bool  # --term-timeout/TERM_TIMEOUT given: the file's global value yields
     socket_path: str | None
@@ -376,7 +374,7 @@ class Supervisor:
             if self.options.stop.term_sent_to_all and worker.stop_sent is None:
                 # On Heroku an exit may be the platform's TERM arriving a moment before ours:
                 # a replacement started in between would never get a TERM at all.
-                history = dataclasses.replace(history, not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
+                history = history._replace(not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
             self.history[worker.key] = history
             if worker.stop_sent is not None:
                 self.log.info(f"{worker.name} pid {pid} stopped: {description}")
