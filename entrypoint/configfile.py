@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -66,13 +66,13 @@ def from_file(path: Path, shown: str, env: Mapping[str, str],
     if reader.problems:
         raise ConfigError(_in_order(reader.problems))
     if override is not None:
-        settings = replace(settings, preload=override)
+        settings = settings._replace(preload=override)
     # Commands are built only now, so default_worker_argv is imported only for a pool that will run.
     groups = tuple(
         values.with_argv(group, template, env, preloaded=bool(settings.preload))
         for group, template in zip(settings.groups, templates, strict=True)
     )
-    return replace(settings, groups=groups)
+    return settings._replace(groups=groups)
 
 
 def _in_order(problems: list[Problem]) -> list[Problem]:
@@ -177,7 +177,7 @@ class _FileReader:
             shared = values.env_command(self.env, self.problems)
         groups = tuple(group for group, _ in built)
         templates = [shared if template is None else template for _, template in built]
-        return replace(settings, app_env=chosen, groups=groups), templates
+        return settings._replace(app_env=chosen, groups=groups), templates
 
     def is_section(self, entry: _Entry) -> bool:
         return isinstance(entry.value, MappingNode) and "count" not in self.mapping(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 from entrypoint.memory import parse_size
 from entrypoint.poolconfig import MAX_COUNT, MAX_SECONDS, Group, Problem
@@ -200,14 +199,14 @@ def with_argv(group: Group, template: tuple[str, ...] | None, env: Mapping[str, 
     """The group with what it runs: its `call` in a fork; else its command; else the default RQ
     worker, which runs in a fork of the preloaded app when there is one."""
     if group.call is not None:
-        return replace(group, forked=True)
+        return group._replace(forked=True)
     if template is not None:
-        return replace(group, argv=_fill(template, group))
+        return group._replace(argv=_fill(template, group))
     # Imported here: RQ is an optional dependency, and a pool that gives all its commands never
     # needs it.
     from entrypoint.rqworker import default_worker_argv
 
-    return replace(group, argv=default_worker_argv(group.queues, env), forked=preloaded)
+    return group._replace(argv=default_worker_argv(group.queues, env), forked=preloaded)
 
 
 def preload_override(explicit: tuple[str, ...] | None, env: Mapping[str, str],

@@ -32,11 +32,6 @@ class Resize(NamedTuple):
     reason: str
 
 
-def guard_fraction(headroom: float) -> float:
-    """`auto` plans up to the headroom; the guard acts halfway between it and the limit."""
-    return (1 + headroom) / 2
-
-
 def over_ceiling(workers: Iterable[Worker]) -> list[Recycle]:
     """Workers above their group's max_memory that have not been asked to stop yet."""
     return [
@@ -53,7 +48,7 @@ def guard_victim(workers: Collection[Worker], total: int, limit: int | None, hea
     if limit is None or any(w.stop_sent is not None for w in workers):
         return None
     usage = {w.pid: w.pss or 0 for w in workers}
-    victim = memory.pick_for_pool_guard(usage, total, limit, guard_fraction(headroom))
+    victim = memory.pick_for_pool_guard(usage, total, limit, memory.guard_fraction(headroom))
     if victim is None:
         return None
     worker = next(w for w in workers if w.pid == victim)

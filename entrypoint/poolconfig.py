@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from entrypoint.text import one_line
+
+# NamedTuples rather than dataclasses: PID 1 holds these, and dataclasses would bring inspect,
+# ast and dis with it (1.3 MB of a manager that must stay under 15 MB).
 
 MAX_COUNT = 1000  # the documented cap on workers in one group
 # Longer than any platform waits before SIGKILL, and small enough that no timer overflows.
 MAX_SECONDS = 7 * 24 * 3600.0
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One thing wrong with the configuration, and where it is."""
 
     source: str
@@ -40,8 +42,7 @@ class ConfigError(Exception):
         return cls([Problem(source, line, key, message)])
 
 
-@dataclass(frozen=True)
-class Group:
+class Group(NamedTuple):
     """Workers that serve the same queues with the same command (or callable)."""
 
     name: str
@@ -63,8 +64,7 @@ class Group:
         return self.count is None
 
 
-@dataclass(frozen=True)
-class PoolConfig:
+class PoolConfig(NamedTuple):
     """The whole pool: its groups and the settings that apply to all of them."""
 
     source: str
@@ -82,3 +82,11 @@ class PoolConfig:
     memory_interval: float = 2.0  # seconds between two measurements of every worker's memory
     preload: tuple[str, ...] = ()  # modules the template imports once for every forked worker
     after_fork: str | None = None  # `module:function` called in each forked worker before its work
+
+    def to_plain(self) -> dict[str, Any]:
+        """Built-in types only (marshal's), to cross a pipe from the process that read the file."""
+        return {**self._asdict(), "groups": tuple(group._asdict() for group in self.groups)}
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> PoolConfig:
+        return cls(**{**plain, "groups": tuple(Group(**group) for group in plain["groups"])})

@@ -8,13 +8,12 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from entrypoint import pool, reaper
-from entrypoint.config import Group, PoolConfig
 from entrypoint.console import Log
 from entrypoint.pool import Backoff, SlotHistory
+from entrypoint.poolconfig import Group, PoolConfig
 from entrypoint.spawn import spawn
 
 TEMPLATE_ARGV = (sys.executable, "-m", "entrypoint.template")
@@ -30,8 +29,7 @@ UNCLAIMED_SECONDS = 30.0
 _MAX_MESSAGE = 1 << 20
 
 
-@dataclass(frozen=True)
-class Setup:
+class Setup(NamedTuple):
     """What a template imports before it forks anything."""
 
     modules: tuple[str, ...]
@@ -82,12 +80,11 @@ def fork_target(spec: Group) -> dict:
 def stamped(desired: Mapping[str, tuple[Group, int]], generation: int) -> dict[str, tuple[Group, int]]:
     """Forked groups carry the template that forks them: a new template means new code, so every
     worker of an older one no longer matches its group and is replaced, one slot at a time."""
-    return {name: (replace(spec, template=generation) if spec.forked else spec, count)
+    return {name: (spec._replace(template=generation) if spec.forked else spec, count)
             for name, (spec, count) in desired.items()}
 
 
-@dataclass(frozen=True)
-class Pending:
+class Pending(NamedTuple):
     """A fork we asked for and whose pid we do not know yet."""
 
     spec: Group
@@ -95,19 +92,24 @@ class Pending:
     sent: float
 
 
-@dataclass
 class Template:
     """One template process and what we asked of it."""
 
-    pid: int
-    generation: int
-    channel: socket.socket
-    started: float
-    ready: bool = False
-    retiring: bool = False  # asked to go: its exit is expected
-    closed: bool = False  # it closed its end: no more messages
-    pss: int | None = None
-    pending: dict[int, Pending] = field(default_factory=dict)
+    __slots__ = ("channel", "closed", "generation", "pending", "pid", "ready", "retiring", "started")
+
+    def __init__(self, pid: int, generation: int, channel: socket.socket, started: float, *,
+                 ready: bool = False) -> None:
+        self.pid = pid
+        self.generation = generation
+        self.channel = channel
+        self.started = started
+        self.ready = ready
+        self.retiring = False  # asked to go: its exit is expected
+        self.closed = False  # it closed its end: no more messages
+        self.pending: dict[int, Pending] = {}  # request id -> the fork we asked for
+
+    def __repr__(self) -> str:
+        return f"Template({self.generation} pid {self.pid})"
 
     def fileno(self) -> int:
         return self.channel.fileno()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import select
@@ -10,11 +9,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from entrypoint import memory, pool, preload, reaper
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
+from entrypoint.health import first_problem, looping_slots, memory_problem
 from entrypoint.init import prepare_process
 from entrypoint.memory_policy import MemoryWatch, Recycle, Resize
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
@@ -33,8 +33,7 @@ PASSED_TO_WORKERS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT})
 PLATFORM_TERM_SETTLE = 1.0
 
 
-@dataclass(frozen=True)
-class PoolOptions:
+class PoolOptions(NamedTuple):
     stop: StopPolicy  # from flags and env; a group's own term_timeout wins for its workers
     stop_from_flags: bool  # --term-timeout/TERM_TIMEOUT given: the file's global value yields
     socket_path: str | None
@@ -405,7 +404,7 @@ class Supervisor:
         if self.options.stop.term_sent_to_all and worker.stop_sent is None:
             # On Heroku an exit may be the platform's TERM arriving a moment before ours:
             # a replacement started in between would never get a TERM at all.
-            history = dataclasses.replace(history, not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
+            history = history._replace(not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
         self.history[worker.key] = history
         if worker.stop_sent is not None:
             self.log.info(f"{worker.name} pid {worker.pid} stopped: {description}")
@@ -542,7 +541,7 @@ class Supervisor:
         for name, (spec, _count) in new.items():
             old = self.desired.get(name)
             if spec.auto and old and old[0].auto and pool.same_definition(
-                    dataclasses.replace(old[0], template=spec.template), spec):
+                    old[0]._replace(template=spec.template), spec):
                 # keep what `auto` has learnt, within the new bounds (new code does not reset it)
                 new[name] = (spec, max(spec.min_count, min(spec.max_count, old[1])))
         changes = pool.reload_diff(self.desired, new)
@@ -564,6 +563,8 @@ class Supervisor:
             return {"ok": True}
         if command == "status":
             return self.status()
+        if command == "health":
+            return self.health()
         if command == "reload":
             return self.reload()
         if command == "scale":
@@ -636,6 +637,25 @@ class Supervisor:
             "memory": self.memory.helpers_pss if template else None,
             "modules": list(setup.modules + setup.calls) if setup else [],
         }
+
+    def health(self) -> dict:
+        """--health: crash loops and memory from what the pool already knows (no walk over /proc)."""
+        now = time.monotonic()
+        counts = {name: count for name, (_, count) in self.effective_desired().items()}
+        uptimes = {w.key: now - w.started for w in self.workers.values() if w.stop_sent is None}
+        limit = self.limit
+        usage_now = (memory.read_usage(limit.cgroup_version, limit.cgroup_dir)
+                     if limit.bytes is not None and limit.cgroup_dir is not None and limit.cgroup_version is not None
+                     else None)
+        problem = first_problem(
+            self.stopping,
+            looping_slots(counts, uptimes, self.history, self.backoff.reset_after),
+            memory_problem(self.memory.total(self.workers.values()), limit.bytes,
+                           memory.guard_fraction(self.config.memory_headroom),
+                           usage_now),
+        )
+        return {"healthy": problem is None, "problem": problem, "running": len(uptimes),
+                "wanted": sum(counts.values())}
 
     # -- output --------------------------------------------------------------------------------
 

@@ -11,9 +11,13 @@ AUTO = Group(name="q", queues=("q",), count=None, min_count=1, max_count=50, arg
 FORKED = Group(name="q", queues=("q",), count=None, min_count=1, max_count=50, argv=("w",), forked=True)
 
 
-def worker(pid: int, spec: Group = AUTO, pss: int = 0, private: int = 0, **fields) -> Worker:
-    return Worker(spec.name, pid, pid, spec, 0.0, pss=pss, peak_pss=pss, private=private,
-                  peak_private=private, samples=WARM_SAMPLES, **fields)
+def worker(pid: int, spec: Group = AUTO, pss: int = 0, private: int = 0, stop_sent: float | None = None) -> Worker:
+    """A worker measured WARM_SAMPLES times, at these figures."""
+    measured = Worker(spec.name, pid, pid, spec, 0.0, stop_sent=stop_sent)
+    measured.pss = measured.peak_pss = pss
+    measured.private = measured.peak_private = private
+    measured.samples = WARM_SAMPLES
+    return measured
 
 
 def test_exec_d_workers_are_planned_by_their_peak_pss() -> None:
