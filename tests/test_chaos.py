@@ -453,62 +453,31 @@ def test_reload_when_the_found_pool_file_is_deleted_keeps_the_pool(runner, tmp_p
 # --- 4. fork failure (pids cgroup) --------------------------------------------------------------
 
 
-@pytest.fixture
-def pids_cgroup() -> Iterator[Path]:
-    """A new pids cgroup below ours (cgroup v1); whatever is left in it is KILLed, then it is removed."""
-    own = next((line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
-                if "pids" in line.split(":", 2)[1].split(",")), None)
-    root = Path("/sys/fs/cgroup/pids")
-    if own is None or not (root / "cgroup.procs").exists():
-        pytest.skip("no cgroup v1 pids controller at /sys/fs/cgroup/pids")
-    group = root / own.strip("/") / f"chaos-{uuid.uuid4().hex[:12]}"
-    try:
-        group.mkdir()
-    except OSError as error:
-        pytest.skip(f"cannot create a pids cgroup ({group}): {error.strerror}")
-    try:
-        yield group
-    finally:
-        for _ in range(100):
-            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
-        group.rmdir()
-
-
 def test_fork_failure_is_survived_retried_with_backoff_and_recovers(runner, tmp_path, pids_cgroup):
     config = tmp_path / "pool.yml"
     pool = ChaosPool(runner, tmp_path, "q: 0\n", "--config", str(config), settings=BACKOFF)
     wait_for(lambda: pool.alive() and os.path.exists(pool.socket), 10, "the pool's socket")
     pool.status()
     # The manager has no child yet: moved now, everything it starts is counted in the group.
-    (pids_cgroup / "pids.max").write_text("3")  # the manager and two workers
-    (pids_cgroup / "cgroup.procs").write_text(str(pool.pid))
+    pids_cgroup.limit_pids(3)  # the manager and two workers
+    pids_cgroup.add(pool.pid)
     fds_before = open_fds(pool.pid)
-
-    def fork_failures() -> int:
-        events = dict(line.split() for line in (pids_cgroup / "pids.events").read_text().splitlines())
-        return int(events.get("max", 0))
 
     pool.write_config("q: 5\n")
     pool.kill(signal.SIGHUP)
     window = 2.0
     time.sleep(window)
-    failed_in_window = fork_failures()
+    failed_in_window = pids_cgroup.fork_failures()
     assert pool.alive(), "the manager died when fork failed"
     assert len(pool.wait_running(2)) == 2
     rows = {f"{w['group']}.{w['slot']}": w for w in pool.rows()}
     fds_while_failing = open_fds(pool.pid)
 
-    (pids_cgroup / "pids.max").write_text("max")
+    pids_cgroup.limit_pids(None)
     raised = time.monotonic()
     pool.wait_running(5, timeout=BACKOFF_MAX + MARGIN + 3)
     recovery = time.monotonic() - raised
-    failures = fork_failures()
+    failures = pids_cgroup.fork_failures()
     fds_after = open_fds(pool.pid)
     code, output = pool.stop(runner)
     FIGURES.update(fork_failures=failures, fork_recovery_seconds=round(recovery, 2),
