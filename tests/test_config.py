@@ -479,7 +479,7 @@ def test_duplicate_keys(tmp_path: Path) -> None:
         ("q: 1\nr: 2\n  s: 3\n", 3, "YAML syntax error"),
         ("q: 1\n---\nr: 2\n", 2, "YAML syntax error"),
         ("q: 1\nr: \x07\n", 2, "not allowed in YAML"),
-        ("q: " + "[" * 5000, None, ""),
+        ("q: " + "[" * 5000, None, "nested too deeply for a pool file"),
         ("{}\n", None, "no worker groups"),
     ],
 )
