@@ -656,7 +656,9 @@ def clean_exit(result: subprocess.CompletedProcess, allowed: set[int]) -> list[s
     return wrong
 
 
-QUICK = 5.0  # seconds: a --check, an init running `true` or a steering request takes well under one
+# Only to catch a hang: a --check, an init running `true` or a steering request takes well under
+# a second, the deepest hostile file about two on a busy 2-core machine, four of them at once.
+QUICK = 15.0
 
 
 def kill_tree(pid: int) -> None:
@@ -766,17 +768,13 @@ def test_hostile_pool_files_exit_0_or_2_with_one_line_errors(runner, tmp_path):
         work.mkdir()
         path = work / "pool.yml"
         put(path, content)
-        started = time.monotonic()
         result = run_quietly(runner, ["--check", "--config", str(path)], work,
                              {"EVIL": f"$(touch {pwned})", "WORKER_COMMAND": "work {queues}"})
-        took = time.monotonic() - started
         wrong = clean_exit(result, {0, 2})
         if result.returncode != expected:
             wrong.append(f"exit {result.returncode}, expected {expected}")
         output = result.stdout + result.stderr
         wrong += [f"{word!r} not in the output" for word in words if word not in output]
-        if took > 10:
-            wrong.append(f"took {took:.1f}s")
         return [f"{label}: {w}\n{output[-800:]}" for w in wrong]
 
     with ThreadPoolExecutor(4) as workers:
