@@ -1,4 +1,5 @@
-"""Real cgroups for tests, v1 and v2: `from cgroup_fixture import memory_cgroup, pids_cgroup`.
+"""Real cgroups for tests, v1 and v2: the `memory_cgroup` and `pids_cgroup` fixtures (conftest
+offers them to every test module) and the `Cgroup` they yield.
 
 Each fixture gives a fresh, empty group with its controller and runs the test once per cgroup
 version. A controller is bound to one hierarchy at a time (a hybrid host keeps memory and pids
