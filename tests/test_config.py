@@ -471,7 +471,7 @@ def test_duplicate_keys(tmp_path: Path) -> None:
         ("q: 1\nr: 2\n  s: 3\n", 3, "YAML syntax error"),
         ("q: 1\n---\nr: 2\n", 2, "YAML syntax error"),
         ("q: 1\nr: \x07\n", 2, "not allowed in YAML"),
-        ("q: " + "[" * 5000, 1, ""),
+        ("q: " + "[" * 5000, 1, "brackets open on one line"),
         ("{}\n", None, "no worker groups"),
     ],
 )
