@@ -45,6 +45,7 @@ def stop_policy(args: Options, env: Mapping[str, str]) -> StopPolicy:
         term_timeout=default_term_timeout(env) if timeout is None else timeout,
         term_delay=delay or 0.0,
         term_sent_to_all=on_heroku(env) if to_all is None else to_all,
+        timeout_given=timeout is not None,
     )
 
 
@@ -143,7 +144,6 @@ def run_pool(args: Options, log: Log) -> int:
         crash_loop_exit = _parsed(os.environ["EXIT_ON_CRASH_LOOP"], "EXIT_ON_CRASH_LOOP", parse_switch)
     options = PoolOptions(
         stop=stop,
-        stop_from_flags=args.term_timeout is not None or bool(os.environ.get("TERM_TIMEOUT")),
         socket_path=args.socket or default_socket_path(os.environ),
         exit_on_crash_loop=bool(crash_loop_exit or config.exit_on_crash_loop),
         memory=memory_limit(args, config),

@@ -275,9 +275,8 @@ class _FileReader:
             stop_signal=self.get(
                 fields, "stop_signal", self.scalar(parse_signal), defaults.stop_signal
             ),
-            term_timeout=self.get(
-                fields, "term_timeout", self.scalar(values.seconds), defaults.term_timeout
-            ),
+            # Only the group's own: the pool's applies at run time, where TERM_TIMEOUT beats it.
+            term_timeout=self.get(fields, "term_timeout", self.scalar(values.seconds), None),
             max_memory=self.get(fields, "max_memory", self.scalar(values.size), defaults.max_memory),
             call=self.get(fields, "call", self.scalar(values.reference), None),
         )

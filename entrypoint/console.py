@@ -126,12 +126,11 @@ def print_config(config: PoolConfig, stop: StopPolicy) -> None:
     rows = []
     for group in config.groups:
         count = f"auto ({group.min_count}-{group.max_count})" if group.auto else group.count
-        timeout = group.term_timeout if group.term_timeout is not None else config.term_timeout
         runs = f"call {group.call}" if group.call else shlex.join(group.argv)
         rows.append((
             group.name, ", ".join(group.queues), count, "fork" if group.forked else "exec", runs,
             signal_name(group.stop_signal).removeprefix("SIG"),
-            f"{timeout if timeout is not None else stop.term_timeout:g}s",
+            f"{stop.grace(group.term_timeout, config.term_timeout):g}s",
             " ".join(f"{k}={v}" for k, v in group.env) or "-",
         ))
     env = f", environment {config.app_env}" if config.app_env else ""

@@ -35,7 +35,6 @@ PLATFORM_TERM_SETTLE = 1.0
 
 class PoolOptions(NamedTuple):
     stop: StopPolicy  # from flags and env; a group's own term_timeout wins for its workers
-    stop_from_flags: bool  # --term-timeout/TERM_TIMEOUT given: the file's global value yields
     socket_path: str | None
     exit_on_crash_loop: bool
     memory: memory.MemoryLimit
@@ -373,12 +372,7 @@ class Supervisor:
         worker.kill_at = now + KILL_RETRY_SECONDS
 
     def term_timeout(self, spec: Group | None = None) -> float:
-        """A group's own timeout, else the file's (unless given by flag or env), else the default."""
-        if spec is not None and spec.term_timeout is not None:
-            return spec.term_timeout
-        if not self.options.stop_from_flags and self.config.term_timeout is not None:
-            return self.config.term_timeout
-        return self.options.stop.term_timeout
+        return self.options.stop.grace(spec.term_timeout if spec else None, self.config.term_timeout)
 
     def on_children_exited(self, exited: list[tuple[int, int]]) -> None:
         now = time.monotonic()

@@ -146,3 +146,13 @@ def test_each_worker_knows_its_queues_group_slot_and_pool():
     assert env == {"PATH": "/bin", "FLAVOUR": "x", "QUEUES": "q1,q2", "POOL_GROUP": "q1,q2",
                    "POOL_SLOT": "3", "POOL_WORKER": "q1,q2.3", "POOL_ID": "host:1",
                    "POOL_TERM_TIMEOUT": "12.5"}
+
+
+def test_a_workers_grace_is_its_groups_then_the_flag_then_the_files_then_the_default():
+    from entrypoint.shutdown import StopPolicy
+
+    default, flagged = StopPolicy(term_timeout=8.0), StopPolicy(term_timeout=1.0, timeout_given=True)
+    assert default.grace(5.0, 3.0) == flagged.grace(5.0, 3.0) == 5.0, "a group's own value wins"
+    assert flagged.grace(None, 3.0) == 1.0, "--term-timeout / TERM_TIMEOUT beat pool.term_timeout"
+    assert default.grace(None, 3.0) == 3.0
+    assert default.grace(None, None) == 8.0
