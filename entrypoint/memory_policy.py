@@ -15,6 +15,8 @@ from entrypoint.poolconfig import Group, PoolConfig
 SUMMARY_SECONDS = 60.0
 # A worker's footprint counts for `auto` once it has been sampled this many times.
 WARM_SAMPLES = 3
+# A worker whose last sample rose this much above its peak is still growing: no group grows on it.
+STILL_GROWING = 1.05
 
 
 class Recycle(NamedTuple):
@@ -56,34 +58,58 @@ def guard_victim(workers: Collection[Worker], total: int, limit: int | None, hea
                            "recycling the largest worker")
 
 
+def cost(worker: Worker) -> int:
+    """What one more worker like this one needs, at its peak: its PSS; for a forked worker only what
+    it holds alone (it shares the template's pages with every sibling, and its PSS depends on how
+    many share: a peak taken while few did would undercount what fits)."""
+    return worker.peak_private if worker.spec.forked else worker.peak_pss
+
+
+def shared_part(worker: Worker) -> int:
+    """Of a worker's PSS now, the part that stays whatever the count: its share of the template's."""
+    return max(0, (worker.pss or 0) - worker.private) if worker.spec.forked else 0
+
+
 def auto_sizes(desired: Mapping[str, tuple[Group, int]], workers: Collection[Worker], total: int,
                limit: int | None, headroom: float) -> list[Resize]:
-    """`auto` groups: as many workers as fit under the limit with headroom, judged by warm workers' peaks."""
+    """`auto` groups: as many workers as fit under the limit with headroom, judged by warm workers' peaks.
+
+    The rest of the pool is counted as it is now to shrink and at its peaks to grow, so the
+    coming and going of other workers' jobs cannot make a group flap between two counts. A group
+    shrinks as soon as its warm workers show it does not fit; it grows only once every slot is
+    filled, warm, and no worker is still growing, so a worker measured mid-growth cannot make it
+    overshoot.
+    """
     if limit is None:
         return []
+    fixed = total - sum(w.pss or 0 for w in workers)  # the manager and our helpers
     resized = []
     for name, (spec, count) in desired.items():
         if not spec.auto:
             continue
         mine = [w for w in workers if w.group == name and w.stop_sent is None]
-        if not mine or len(mine) < count or any(w.samples < WARM_SAMPLES for w in mine):
-            continue  # judge only once every worker of the group has been measured a few times
-        if spec.forked:
-            # A forked worker shares the template's pages with every sibling: one more costs only
-            # what it holds alone. (Its PSS also depends on how many share: a peak taken while few
-            # did would undercount what fits.) The shared part stays with the rest.
-            per_worker = memory.steady_per_worker([w.peak_private for w in mine])
-            others = total - sum(w.private for w in mine)
+        warm = [w for w in mine if w.samples >= WARM_SAMPLES]
+        if not warm:
+            continue
+        per_worker = memory.steady_per_worker([cost(w) for w in warm])
+        others = [w for w in workers if w.group != name]
+        shared = sum(shared_part(w) for w in mine)
+        rest_now = fixed + shared + sum(w.pss or 0 for w in others)
+        rest_at_peak = fixed + shared + sum(cost(w) + shared_part(w) for w in others)
+        fits_now = memory.auto_worker_count(limit, headroom, rest_now, per_worker, spec.min_count, spec.max_count)
+        fits_at_peak = memory.auto_worker_count(limit, headroom, rest_at_peak, per_worker, spec.min_count,
+                                                spec.max_count)
+        settled = len(warm) >= count and not any(w.growing for w in mine)
+        if fits_now < count:
+            target, rest = fits_now, rest_now
+        elif fits_at_peak > count and settled:
+            target, rest = fits_at_peak, rest_at_peak
         else:
-            per_worker = memory.steady_per_worker([w.peak_pss for w in mine])
-            others = total - sum(w.pss or 0 for w in mine)
-        target = memory.auto_worker_count(limit, headroom, others, per_worker, spec.min_count, spec.max_count)
-        if target != count:
-            resized.append(Resize(name, target, (
-                f"auto: {name} {count}->{target} workers ({memory.format_bytes(per_worker)} per worker at "
-                f"peak{', not shared with the template' if spec.forked else ''}, "
-                f"{memory.format_bytes(others)} for the rest, limit {memory.format_bytes(limit)} "
-                f"x {headroom:g})")))
+            continue
+        resized.append(Resize(name, target, (
+            f"auto: {name} {count}->{target} workers ({memory.format_bytes(per_worker)} per worker at "
+            f"peak{', not shared with the template' if spec.forked else ''}, "
+            f"{memory.format_bytes(rest)} for the rest, limit {memory.format_bytes(limit)} x {headroom:g})")))
     return resized
 
 
@@ -138,9 +164,11 @@ class MemoryWatch:
             found = memory.tree_footprint(worker.pid, index)
             worker.pss = None if found is None else found.pss
             if found is not None:
+                before = cost(worker)
                 worker.private = found.private
                 worker.peak_pss = max(worker.peak_pss, found.pss)
                 worker.peak_private = max(worker.peak_private, found.private)
+                worker.growing = worker.samples > 0 and cost(worker) > before * STILL_GROWING
                 worker.samples += 1
         self.helpers_pss = sum(memory.read_pss(pid) or 0 for pid in helpers)
         self.manager_pss = memory.read_pss(os.getpid()) or 0

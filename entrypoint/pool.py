@@ -39,8 +39,8 @@ class Backoff(NamedTuple):
 class Worker:
     """One process we started, and what we asked of it."""
 
-    __slots__ = ("group", "kill_at", "peak_private", "peak_pss", "pid", "private", "pss", "samples", "slot", "spec",
-                 "started", "stop_sent")
+    __slots__ = ("group", "growing", "kill_at", "peak_private", "peak_pss", "pid", "private", "pss", "samples",
+                 "slot", "spec", "started", "stop_sent")
 
     def __init__(self, group: str, slot: int, pid: int, spec: Group, started: float, *,
                  stop_sent: float | None = None, kill_at: float | None = None) -> None:
@@ -55,6 +55,7 @@ class Worker:
         self.peak_pss = 0  # the most it has used: job peaks count when planning
         self.private = 0  # of pss, the bytes it shares with no other process (its children included)
         self.peak_private = 0
+        self.growing = False  # its last sample raised its peak: not settled yet
         self.samples = 0
 
     def __repr__(self) -> str:

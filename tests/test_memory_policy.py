@@ -65,3 +65,34 @@ def test_the_guard_picks_the_largest_worker_one_at_a_time() -> None:
     workers[0].stop_sent = 1.0
     assert guard_victim(workers, 500 * MIB, 512 * MIB, 0.85) is None, "one recycled worker at a time"
     assert guard_victim(workers, 500 * MIB, None, 0.85) is None
+
+
+FIXED = Group(name="f", queues=("f",), count=2, min_count=2, max_count=2, argv=("w",))
+
+
+def test_another_groups_jobs_coming_and_going_do_not_make_a_group_flap() -> None:
+    """Other workers are counted at their peak to grow and as they are now to shrink: between
+    the two the count stays. (Under load the pool flapped 11 <-> 12 as their jobs came and went.)"""
+    mine = [worker(pid, pss=40 * MIB) for pid in range(1, 10)]
+    busy_before = worker(20, FIXED, pss=40 * MIB)
+    busy_before.peak_pss = 80 * MIB  # its work-horse has come and gone
+    workers = [*mine, busy_before]
+    total = 20 * MIB + sum(w.pss for w in workers)
+    # Now: (435.2 - 20 - 40) / 40 = 9.4 fit; at the other's peak: (435.2 - 20 - 80) / 40 = 8.4.
+    assert auto_sizes({"q": (AUTO, 9), "f": (FIXED, 1)}, workers, total, 512 * MIB, 0.85) == []
+    assert auto_sizes({"q": (AUTO, 8), "f": (FIXED, 1)}, mine[:8] + [busy_before], total - 40 * MIB,
+                      512 * MIB, 0.85) == [], "nor grows back"
+
+
+def test_a_group_shrinks_at_once_but_grows_only_when_settled() -> None:
+    first = worker(1, pss=100 * MIB)
+    # Three workers of 100 MiB cannot all fit with 20 MiB for the manager: shrink, though slot 3 is empty.
+    (resize,) = auto_sizes({"q": (AUTO, 6)}, [first, worker(2, pss=100 * MIB)], 220 * MIB, 512 * MIB, 0.85)
+    assert resize.count == 4
+    growing = worker(2, pss=10 * MIB)
+    growing.growing = True
+    assert auto_sizes({"q": (AUTO, 2)}, [worker(1, pss=10 * MIB), growing], 40 * MIB, 512 * MIB, 0.85) == [], (
+        "a worker still growing holds a group back from growing")
+    growing.growing = False
+    (resize,) = auto_sizes({"q": (AUTO, 2)}, [worker(1, pss=10 * MIB), growing], 40 * MIB, 512 * MIB, 0.85)
+    assert resize.count == 41
