@@ -1,0 +1,102 @@
+"""Elastic slots: how many of the shared workers each elastic group gets, from its backlog and its idle workers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+# Defaults for pool.grow_after and pool.shrink_after: a backlog must last this long before its
+# group grows, and a worker must have been idle this long before its slot can go elsewhere.
+# Shrinking waits far longer than growing, so a group between two bursts keeps its workers.
+GROW_AFTER = 3.0
+SHRINK_AFTER = 30.0
+
+
+class Slot(NamedTuple):
+    """One slot of an elastic group as the pool sees it now."""
+
+    number: int
+    idle_since: float | None  # None: busy, or not running (never moved: its worker is on its way)
+
+
+class Backlog(NamedTuple):
+    """Jobs waiting in a group's queues, as the monitor last read them."""
+
+    waiting: int
+    oldest: float | None  # seconds the oldest waiting job has waited
+    since: float  # when the queues last went from empty to not empty (pool's clock)
+
+
+class Elastic(NamedTuple):
+    """An elastic group: its bounds, its count now, its slots, its backlog (None: unknown)."""
+
+    name: str
+    minimum: int
+    maximum: int
+    count: int
+    slots: Sequence[Slot]
+    backlog: Backlog | None
+
+
+class Move(NamedTuple):
+    group: str
+    count: int
+    reason: str  # for the log line: `crunch_data 3->5: 412 waiting, oldest 40 s`
+
+
+def releasable(group: Elastic, now: float, shrink_after: float) -> int:
+    """How many of the group's top slots can go: each idle for shrink_after, none above its minimum.
+
+    Slots are numbered and a smaller count stops the highest numbers, so a group gives back only
+    from the top, and only idle workers: a busy worker is never stopped to move its slot.
+    """
+    if group.backlog is not None and group.backlog.waiting:
+        return 0
+    by_number = {slot.number: slot for slot in group.slots}
+    free = 0
+    for number in range(group.count, group.minimum, -1):
+        slot = by_number.get(number)
+        if slot is None or slot.idle_since is None or now - slot.idle_since < shrink_after:
+            break
+        free += 1
+    return free
+
+
+def wants(group: Elastic, now: float, grow_after: float) -> int:
+    """How many more workers the group could use now: one per waiting job, once the backlog has lasted."""
+    backlog = group.backlog
+    if backlog is None or not backlog.waiting or now - backlog.since < grow_after:
+        return 0
+    return max(0, min(group.maximum - group.count, backlog.waiting))
+
+
+def plan(groups: Sequence[Elastic], total: int, now: float, *, grow_after: float = GROW_AFTER,
+         shrink_after: float = SHRINK_AFTER) -> list[Move]:
+    """Where the `total` shared workers go now: every group keeps its minimum; idle top slots are
+    given back; spare workers go to the groups whose backlog has lasted, oldest backlog first,
+    never above a group's maximum nor the total."""
+    counts = {g.name: max(g.minimum, min(g.maximum, g.count)) for g in groups}
+    reasons: dict[str, str] = {}
+    for group in groups:
+        free = releasable(group, now, shrink_after)
+        if free:
+            counts[group.name] -= free
+            idle = min(now - s.idle_since for s in group.slots
+                       if s.number > counts[group.name] and s.idle_since is not None)
+            reasons[group.name] = f"idle for {idle:.0f} s"
+    spare = total - sum(counts.values())
+    hungry = sorted((g for g in groups if wants(g, now, grow_after)),
+                    key=lambda g: (-(g.backlog.oldest or 0.0), -g.backlog.waiting))  # type: ignore[union-attr]
+    for group in hungry:
+        if spare <= 0:
+            break
+        more = min(spare, wants(group, now, grow_after))
+        counts[group.name] += more
+        spare -= more
+        backlog = group.backlog
+        assert backlog is not None
+        oldest = f", oldest {backlog.oldest:.0f} s" if backlog.oldest is not None else ""
+        reasons[group.name] = f"{backlog.waiting} waiting{oldest}"
+    return [Move(g.name, counts[g.name], f"{g.name} {g.count}->{counts[g.name]}: {reasons.get(g.name, 'bounds')}")
+            for g in groups if counts[g.name] != g.count]
+

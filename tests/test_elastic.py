@@ -1,0 +1,66 @@
+"""Elastic slots with plain values: who grows, who gives back, and why."""
+
+from __future__ import annotations
+
+from entrypoint.elastic import Backlog, Elastic, Move, Slot, plan, releasable, wants
+
+NOW = 1000.0
+
+
+def group(name: str, count: int, *, minimum: int = 1, maximum: int = 8, idle: dict[int, float] | None = None,
+          waiting: int = 0, oldest: float | None = None, since: float = NOW - 60) -> Elastic:
+    """A group whose slots 1..count run; `idle` maps a slot to how long its worker has been idle."""
+    idle = idle or {}
+    slots = [Slot(n, NOW - idle[n] if n in idle else None) for n in range(1, count + 1)]
+    backlog = Backlog(waiting, oldest, since) if waiting or oldest is not None else Backlog(0, None, NOW)
+    return Elastic(name, minimum, maximum, count, slots, backlog)
+
+
+def test_a_lasting_backlog_takes_the_spare_workers_up_to_its_maximum() -> None:
+    crunch = group("crunch_data", 3, waiting=412, oldest=40)
+    email = group("send_welcome_email", 1)
+    assert plan([crunch, email], total=8, now=NOW) == [
+        Move("crunch_data", 7, "crunch_data 3->7: 412 waiting, oldest 40 s")]
+    assert plan([group("crunch_data", 3, maximum=5, waiting=412, oldest=40), email], total=8, now=NOW) == [
+        Move("crunch_data", 5, "crunch_data 3->5: 412 waiting, oldest 40 s")]
+
+
+def test_a_group_grows_by_one_worker_per_waiting_job_and_not_before_the_backlog_lasted() -> None:
+    assert wants(group("q", 2, waiting=2, oldest=5), NOW, grow_after=3) == 2
+    assert wants(group("q", 2, waiting=2, oldest=1, since=NOW - 1), NOW, grow_after=3) == 0
+    assert plan([group("q", 2, waiting=2, oldest=1, since=NOW - 1)], total=8, now=NOW, grow_after=3) == []
+
+
+def test_idle_top_slots_are_given_back_down_to_the_minimum_never_a_busy_one() -> None:
+    idle_top = group("q", 4, minimum=1, idle={4: 60, 3: 45, 2: 10})
+    assert releasable(idle_top, NOW, shrink_after=30) == 2, "slot 2 has been idle only 10 s"
+    assert plan([idle_top], total=8, now=NOW, shrink_after=30) == [Move("q", 2, "q 4->2: idle for 45 s")]
+    busy_top = group("q", 4, idle={3: 60, 2: 60, 1: 60})
+    assert releasable(busy_top, NOW, shrink_after=30) == 0, "slot 4 is busy: nothing moves from the top"
+    floor = group("q", 2, minimum=2, idle={1: 60, 2: 60})
+    assert releasable(floor, NOW, shrink_after=30) == 0
+
+
+def test_a_group_with_a_backlog_gives_nothing_back_even_when_a_worker_is_idle() -> None:
+    assert releasable(group("q", 3, idle={3: 60}, waiting=5, oldest=2), NOW, shrink_after=30) == 0
+
+
+def test_slots_move_from_an_idle_group_to_a_busy_one_within_the_total() -> None:
+    idle = group("send_welcome_email", 4, idle={1: 90, 2: 90, 3: 90, 4: 90})
+    busy = group("crunch_data", 4, waiting=100, oldest=12)
+    moves = plan([idle, busy], total=8, now=NOW)
+    assert moves == [Move("send_welcome_email", 1, "send_welcome_email 4->1: idle for 90 s"),
+                     Move("crunch_data", 7, "crunch_data 4->7: 100 waiting, oldest 12 s")]
+
+
+def test_the_oldest_backlog_is_served_first_when_workers_are_short() -> None:
+    fresh = group("a", 1, waiting=50, oldest=5)
+    stale = group("b", 1, waiting=3, oldest=300)
+    assert plan([fresh, stale], total=4, now=NOW) == [Move("b", 3, "b 1->3: 3 waiting, oldest 300 s")]
+    assert plan([fresh, stale], total=6, now=NOW) == [Move("a", 2, "a 1->2: 50 waiting, oldest 5 s"),
+                                                     Move("b", 4, "b 1->4: 3 waiting, oldest 300 s")]
+
+
+def test_an_unknown_backlog_moves_nothing() -> None:
+    unknown = Elastic("q", 1, 8, 2, [Slot(1, None), Slot(2, None)], None)
+    assert plan([unknown], total=8, now=NOW) == []
