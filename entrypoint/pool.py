@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import NamedTuple
 
+from entrypoint import memory
 from entrypoint.poolconfig import Group, PoolConfig
 
 # This many quick exits in a row make a group "crash-looping": reported once, loudly.
@@ -87,6 +88,38 @@ class Start(NamedTuple):
 class Stop(NamedTuple):
     worker: Worker
     reason: str
+
+
+def desired_counts(config: PoolConfig, limit: int | None, cpus: int) -> dict[str, tuple[Group, int]]:
+    """Group -> (definition, how many). An `auto` group starts at its minimum and grows as
+    memory allows; with no memory limit known it gets the CPU-based count instead."""
+    counts = {}
+    for group in config.groups:
+        if not group.auto:
+            counts[group.name] = (group, group.count or 0)
+        elif limit is None:
+            wanted = memory.cpu_worker_count(cpus)
+            counts[group.name] = (group, max(group.min_count, min(group.max_count, wanted)))
+        else:
+            counts[group.name] = (group, group.min_count)
+    return counts
+
+
+def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str, term_timeout: float) -> dict[str, str]:
+    """The worker's environment: ours, the group's, then who it is and how long a stop gives it."""
+    env = dict(base)
+    env.update(spec.env)
+    env.update(
+        QUEUES=",".join(spec.queues),
+        POOL_GROUP=spec.name,
+        POOL_SLOT=str(slot),
+        POOL_WORKER=f"{spec.name}.{slot}",
+        POOL_ID=pool_id,
+        # The grace a stop gives this worker before KILL: a worker that knows it can hand its
+        # job back in time instead of being killed mid-job.
+        POOL_TERM_TIMEOUT=f"{term_timeout:g}",
+    )
+    return env
 
 
 def same_definition(a: Group, b: Group) -> bool:

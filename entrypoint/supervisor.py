@@ -11,13 +11,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from entrypoint import memory, pool, preload, reaper
+from entrypoint import memory, pool, preload, reaper, report
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
 from entrypoint.health import first_problem, looping_slots, memory_problem
 from entrypoint.init import prepare_process
 from entrypoint.memory_policy import MemoryWatch, Recycle, Resize
-from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
+from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker, desired_counts, worker_env
 from entrypoint.poolconfig import ConfigError, Group, PoolConfig
 from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
 from entrypoint.signals import Received, child_changed, signal_name
@@ -39,38 +39,6 @@ class PoolOptions(NamedTuple):
     exit_on_crash_loop: bool
     memory: memory.MemoryLimit
     prefix_output: bool = False
-
-
-def desired_counts(config: PoolConfig, limit: int | None, cpus: int) -> dict[str, tuple[Group, int]]:
-    """Group -> (definition, how many). An `auto` group starts at its minimum and grows as
-    memory allows; with no memory limit known it gets the CPU-based count instead."""
-    counts = {}
-    for group in config.groups:
-        if not group.auto:
-            counts[group.name] = (group, group.count or 0)
-        elif limit is None:
-            wanted = memory.cpu_worker_count(cpus)
-            counts[group.name] = (group, max(group.min_count, min(group.max_count, wanted)))
-        else:
-            counts[group.name] = (group, group.min_count)
-    return counts
-
-
-def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str, term_timeout: float) -> dict[str, str]:
-    """The worker's environment: ours, the group's, then who it is and how long a stop gives it."""
-    env = dict(base)
-    env.update(spec.env)
-    env.update(
-        QUEUES=",".join(spec.queues),
-        POOL_GROUP=spec.name,
-        POOL_SLOT=str(slot),
-        POOL_WORKER=f"{spec.name}.{slot}",
-        POOL_ID=pool_id,
-        # The grace a stop gives this worker before KILL: a worker that knows it can hand its
-        # job back in time instead of being killed mid-job.
-        POOL_TERM_TIMEOUT=f"{term_timeout:g}",
-    )
-    return env
 
 
 class Supervisor:
@@ -577,59 +545,20 @@ class Supervisor:
         now = time.monotonic()
         # someone asked: fresh numbers are worth one walk over /proc
         self.memory.measure(self.workers.values(), [t.pid for t in self.templates.alive()])
-        running = {w.key: w for w in self.workers.values()}
-        starting = self.templates.starting()
-        rows = []
-        keys = set(running) | {(name, slot) for name, (_, count) in self.effective_desired().items()
-                               for slot in range(1, count + 1)}
-        for key in sorted(keys):
-            worker = running.get(key)
-            spec = worker.spec if worker is not None else self.desired[key[0]][0]
-            history = self.history.get(key, SlotHistory())
-            if worker is not None:
-                state = "stopping" if worker.stop_sent is not None else "running"
-            elif history.not_before > now:
-                state = f"backoff {history.not_before - now:.0f}s"
-            else:
-                state = "forking" if key in starting else "starting"
-            rows.append({
-                "group": key[0], "slot": key[1], "pid": worker.pid if worker else None,
-                "state": state, "uptime": round(now - worker.started, 1) if worker else None,
-                "restarts": history.restarts, "last_exit": history.last_exit,
-                "memory": worker.pss if worker else None,
-                "forked": spec.forked,
-            })
+        templates = self.templates
         return {
             "pool_id": self.pool_id, "manager_pid": os.getpid(),
-            "stopping": self.stopping, "paused": self.paused, "workers": rows,
-            "template": self.template_status(now),
+            "stopping": self.stopping, "paused": self.paused,
+            "workers": report.slot_rows(self.effective_desired(), self.desired, self.workers.values(),
+                                        self.history, templates.starting(), now),
+            "template": report.template_row(templates.current, templates.setup, templates.history,
+                                            self.memory.helpers_pss, now),
             "memory": {
                 "limit": self.limit.bytes, "limit_source": self.limit.source,
                 "manager": self.memory.manager_pss, "template": self.memory.helpers_pss,
                 "total": self.memory.total(self.workers.values()),
                 "oom_kills": self.memory.oom_kills(),
             },
-        }
-
-    def template_status(self, now: float) -> dict | None:
-        """The preload template's row: None when every group execs its command."""
-        template = self.templates.current
-        if template is None and self.templates.setup is None:
-            return None
-        history = self.templates.history
-        if template is not None:
-            state = "ready" if template.ready else "importing"
-        elif history.not_before > now:
-            state = f"backoff {history.not_before - now:.0f}s"
-        else:
-            state = "starting"
-        setup = self.templates.setup
-        return {
-            "pid": template.pid if template else None, "generation": template.generation if template else None,
-            "state": state, "uptime": round(now - template.started, 1) if template else None,
-            "restarts": history.restarts, "last_exit": history.last_exit,
-            "memory": self.memory.helpers_pss if template else None,
-            "modules": list(setup.modules + setup.calls) if setup else [],
         }
 
     def health(self) -> dict:

@@ -129,7 +129,7 @@ def test_reload_diff_names_each_change():
 
 def test_auto_groups_start_small_under_a_limit_and_cpu_sized_without_one():
     from entrypoint.poolconfig import PoolConfig
-    from entrypoint.supervisor import desired_counts
+    from entrypoint.pool import desired_counts
 
     auto = A._replace(count=None, min_count=2, max_count=6)
     config = PoolConfig(source="pool.yml", app_env=None, groups=(auto, B))
@@ -139,7 +139,7 @@ def test_auto_groups_start_small_under_a_limit_and_cpu_sized_without_one():
 
 
 def test_each_worker_knows_its_queues_group_slot_and_pool():
-    from entrypoint.supervisor import worker_env
+    from entrypoint.pool import worker_env
 
     spec = A._replace(name="q1,q2", queues=("q1", "q2"), env=(("FLAVOUR", "x"),))
     env = worker_env({"PATH": "/bin", "FLAVOUR": "base"}, spec, 3, "host:1", 12.5)

@@ -1,0 +1,56 @@
+"""What the pool reports: the rows of --status for every slot and for the preload template, as plain values."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+
+from entrypoint.pool import SlotHistory, SlotKey, Worker
+from entrypoint.poolconfig import Group
+from entrypoint.preload import Setup, Template
+
+
+def slot_rows(wanted: Mapping[str, tuple[Group, int]], desired: Mapping[str, tuple[Group, int]],
+              workers: Iterable[Worker], history: Mapping[SlotKey, SlotHistory], forking: Collection[SlotKey],
+              now: float) -> list[dict]:
+    """One row per slot that is wanted now or has a worker, in group and slot order."""
+    running = {w.key: w for w in workers}
+    keys = set(running) | {(name, slot) for name, (_, count) in wanted.items() for slot in range(1, count + 1)}
+    rows = []
+    for key in sorted(keys):
+        worker = running.get(key)
+        spec = worker.spec if worker is not None else desired[key[0]][0]
+        past = history.get(key, SlotHistory())
+        if worker is not None:
+            state = "stopping" if worker.stop_sent is not None else "running"
+        elif past.not_before > now:
+            state = f"backoff {past.not_before - now:.0f}s"
+        else:
+            state = "forking" if key in forking else "starting"
+        rows.append({
+            "group": key[0], "slot": key[1], "pid": worker.pid if worker else None,
+            "state": state, "uptime": round(now - worker.started, 1) if worker else None,
+            "restarts": past.restarts, "last_exit": past.last_exit,
+            "memory": worker.pss if worker else None,
+            "forked": spec.forked,
+        })
+    return rows
+
+
+def template_row(template: Template | None, setup: Setup | None, history: SlotHistory, memory: int,
+                 now: float) -> dict | None:
+    """The preload template's row: None when every group execs its command."""
+    if template is None and setup is None:
+        return None
+    if template is not None:
+        state = "ready" if template.ready else "importing"
+    elif history.not_before > now:
+        state = f"backoff {history.not_before - now:.0f}s"
+    else:
+        state = "starting"
+    return {
+        "pid": template.pid if template else None, "generation": template.generation if template else None,
+        "state": state, "uptime": round(now - template.started, 1) if template else None,
+        "restarts": history.restarts, "last_exit": history.last_exit,
+        "memory": memory if template else None,
+        "modules": list(setup.modules + setup.calls) if setup else [],
+    }
