@@ -40,8 +40,8 @@ class Backoff(NamedTuple):
 class Worker:
     """One process we started, and what we asked of it."""
 
-    __slots__ = ("group", "growing", "kill_at", "peak_private", "peak_pss", "pid", "private", "pss", "samples",
-                 "slot", "spec", "started", "stop_sent")
+    __slots__ = ("busy", "group", "growing", "idle_since", "kill_at", "peak_private", "peak_pss", "pid", "private",
+                 "pss", "samples", "slot", "spec", "started", "stop_sent")
 
     def __init__(self, group: str, slot: int, pid: int, spec: Group, started: float, *,
                  stop_sent: float | None = None, kill_at: float | None = None) -> None:
@@ -58,6 +58,8 @@ class Worker:
         self.peak_private = 0
         self.growing = False  # its last sample raised its peak: not settled yet
         self.samples = 0
+        self.busy: bool | None = None  # has a job in hand (None: cannot tell, or not sampled yet)
+        self.idle_since: float | None = None  # when it last finished a job (or started), while idle
 
     def __repr__(self) -> str:
         return f"Worker({self.name} pid {self.pid})"
