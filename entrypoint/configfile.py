@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -28,8 +28,10 @@ _POOL_KEYS = (
     "backoff_min",
     "backoff_reset",
     "command",
+    "elastic",
     "env",
     "exit_on_crash_loop",
+    "grow_after",
     "max_memory",
     "max_workers",
     "memory_headroom",
@@ -37,6 +39,7 @@ _POOL_KEYS = (
     "memory_limit",
     "prefix_output",
     "preload",
+    "shrink_after",
     "spawn_delay",
     "stop_signal",
     "term_timeout",
@@ -114,6 +117,8 @@ class _GroupDefaults:
     term_timeout: float | None = None
     max_memory: int | None = None
     max_workers: int = MAX_COUNT
+    elastic: int | None = None  # pool.elastic: an elastic group's default max when it is a number
+    elastic_named: bool = False  # pool.elastic is in the file (perhaps unreadable: reported there)
 
 
 class _FileReader:
@@ -176,8 +181,21 @@ class _FileReader:
         if shared is None and any(template is None for _, template in built):
             shared = values.env_command(self.env, self.problems)
         groups = tuple(group for group, _ in built)
+        self.check_elastic(settings, groups, pool.get("elastic"))
         templates = [shared if template is None else template for _, template in built]
         return settings._replace(app_env=chosen, groups=groups), templates
+
+    def check_elastic(self, settings: PoolConfig, groups: tuple[Group, ...], entry: _Entry | None) -> None:
+        """pool.elastic needs elastic groups, and room for each one's minimum."""
+        if entry is None or settings.elastic is None:
+            return
+        elastic = [g for g in groups if g.elastic]
+        if not elastic:
+            self.problem(entry.line, entry.path, "no group has count: elastic")
+        minimums = sum(g.min_count for g in elastic)
+        if settings.elastic and minimums > settings.elastic:
+            self.problem(entry.line, entry.path, f"the elastic groups' minimums add up to {minimums}, "
+                         f"more than the {settings.elastic} they share")
 
     def is_section(self, entry: _Entry) -> bool:
         return isinstance(entry.value, MappingNode) and "count" not in self.mapping(
@@ -221,6 +239,7 @@ class _FileReader:
                 for key, parse in values.POOL_SETTINGS.items()
             },
         )
+        defaults = replace(defaults, elastic=settings.elastic, elastic_named="elastic" in entries)
         if settings.backoff_min > settings.backoff_max:
             blamed = entries.get("backoff_max") or entries["backoff_min"]
             self.problem(
@@ -250,14 +269,21 @@ class _FileReader:
         )
         self.unknown(fields, _GROUP_KEYS)
         # An unreadable count reads as auto, so it raises no second problem about min and max.
-        count = self.get(fields, "count", self.scalar(values.count), None)
+        count = self.get(fields, "count", self.scalar(values.group_count), None)
+        elastic = count == "elastic"
+        if elastic:
+            count = None
+            if not defaults.elastic_named:
+                self.problem(fields["count"].line, fields["count"].path,
+                             "elastic needs pool.elastic: how many workers the elastic groups share")
+        shared = defaults.elastic if elastic and defaults.elastic else defaults.max_workers
         low = self.get(fields, "min", self.scalar(values.bound), 1)
-        high = self.get(fields, "max", self.scalar(values.bound), defaults.max_workers)
+        high = self.get(fields, "max", self.scalar(values.bound), shared)
         if count is not None:
             for key in ("min", "max"):
                 if key in fields:
                     self.problem(
-                        fields[key].line, fields[key].path, "applies only when count is auto"
+                        fields[key].line, fields[key].path, "applies only when count is auto or elastic"
                     )
             low = high = count
         elif low > high:
@@ -279,6 +305,7 @@ class _FileReader:
             term_timeout=self.get(fields, "term_timeout", self.scalar(values.seconds), None),
             max_memory=self.get(fields, "max_memory", self.scalar(values.size), defaults.max_memory),
             call=self.get(fields, "call", self.scalar(values.reference), None),
+            elastic=elastic,
         )
         if "call" in fields and "command" in fields:
             blamed = fields["command"]

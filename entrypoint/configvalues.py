@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Callable, Mapping
 
 from entrypoint.memory import parse_size
-from entrypoint.poolconfig import MAX_COUNT, MAX_SECONDS, Group, Problem
+from entrypoint.poolconfig import ELASTIC_AUTO, MAX_COUNT, MAX_SECONDS, Group, Problem
 
 _REFERENCE = re.compile(r"\$(?:(\$)|\{([^}]*)(\}?))")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -67,6 +67,23 @@ def count(text: str) -> int | None:
     if text.strip().lower() == "auto":
         return None
     return _whole(text, 0, MAX_COUNT, " or auto")
+
+
+def group_count(text: str) -> int | str | None:
+    """A group's count in a file: a number, auto (None) or elastic."""
+    if text.strip().lower() == "elastic":
+        return "elastic"
+    try:
+        return count(text)
+    except ValueError as err:
+        raise ValueError(str(err).replace(" or auto,", ", auto or elastic,")) from None
+
+
+def elastic_total(text: str) -> int:
+    """pool.elastic: how many workers the elastic groups share, or auto (ELASTIC_AUTO)."""
+    if text.strip().lower() == "auto":
+        return ELASTIC_AUTO
+    return _whole(text, 1, MAX_COUNT, " or auto")
 
 
 def bound(text: str) -> int:
@@ -124,6 +141,9 @@ POOL_SETTINGS: dict[str, Callable[[str], object]] = {
     "memory_headroom": _fraction,
     "memory_limit": size,
     "memory_interval": _interval,
+    "elastic": elastic_total,
+    "grow_after": seconds,
+    "shrink_after": seconds,
 }
 
 

@@ -446,7 +446,7 @@ def test_error_text_is_one_problem_per_line(tmp_path: Path) -> None:
     lines = str(caught.value).splitlines()
     assert len(lines) == len(caught.value.problems)
     assert lines[0] == (
-        "pool.yml:3: crunch_data.count: expected a whole number from 0 to 1000 or auto, got 'ten'"
+        "pool.yml:3: crunch_data.count: expected a whole number from 0 to 1000, auto or elastic, got 'ten'"
     )
 
 

@@ -64,3 +64,56 @@ def test_the_oldest_backlog_is_served_first_when_workers_are_short() -> None:
 def test_an_unknown_backlog_moves_nothing() -> None:
     unknown = Elastic("q", 1, 8, 2, [Slot(1, None), Slot(2, None)], None)
     assert plan([unknown], total=8, now=NOW) == []
+
+
+def test_a_backlog_lasts_from_the_reading_that_found_jobs_waiting() -> None:
+    from entrypoint.elastic import track
+
+    first = track(None, 5, 1.0, now=10.0)
+    assert track(first, 9, 3.0, now=12.0) == Backlog(9, 3.0, 10.0)
+    assert track(track(first, 0, None, now=12.0), 4, 0.5, now=14.0).since == 14.0, "emptied: it starts over"
+
+
+# ------------------------------------------------------------------ the config
+
+
+def load(tmp_path, text: str, env: dict | None = None):
+    from entrypoint.config import load_config
+
+    (tmp_path / "pool.yml").write_text(text)
+    return load_config(None, env or {}, tmp_path)
+
+
+def test_elastic_groups_and_the_shared_total_are_read_from_the_file(tmp_path) -> None:
+    config = load(tmp_path, "pool:\n  elastic: 8\n  grow_after: 2\n  shrink_after: 60\n"
+                            "crunch_data: {count: elastic, min: 1, max: 8}\n"
+                            "send_welcome_email: {count: elastic, min: 1, max: 4}\nfixed: 2\n")
+    assert (config.elastic, config.grow_after, config.shrink_after) == (8, 2.0, 60.0)
+    crunch, email, fixed = config.groups
+    assert (crunch.elastic, crunch.auto, crunch.count, crunch.min_count, crunch.max_count) == (True, False, None, 1, 8)
+    assert (email.min_count, email.max_count) == (1, 4)
+    assert not fixed.elastic and fixed.count == 2
+    (unbounded,) = load(tmp_path, "pool:\n  elastic: 6\nq: {count: elastic}\n").groups
+    assert (unbounded.min_count, unbounded.max_count) == (1, 6), "by default: at least one, at most the total"
+    assert load(tmp_path, "pool:\n  elastic: auto\nq: {count: elastic}\n").elastic == 0
+
+
+def test_elastic_mistakes_are_reported_with_their_lines(tmp_path) -> None:
+    import pytest
+
+    from entrypoint.poolconfig import ConfigError
+
+    cases = {
+        "q: {count: elastic}\n": ["pool.yml:1: q.count: elastic needs pool.elastic: how many workers the elastic "
+                                  "groups share"],
+        "pool:\n  elastic: 4\nq: 2\n": ["pool.yml:2: pool.elastic: no group has count: elastic"],
+        "pool:\n  elastic: 3\na: {count: elastic, min: 2}\nb: {count: elastic, min: 2}\n": [
+            "pool.yml:2: pool.elastic: the elastic groups' minimums add up to 4, more than the 3 they share"],
+        "pool:\n  elastic: lots\nq: {count: elastic}\n": [
+            "pool.yml:2: pool.elastic: expected a whole number from 1 to 1000 or auto, got 'lots'"],
+        "q: {count: 2, max: 4}\n": ["pool.yml:1: q.max: applies only when count is auto or elastic"],
+    }
+    for text, problems in cases.items():
+        with pytest.raises(ConfigError) as raised:
+            load(tmp_path, text)
+        assert [str(p) for p in raised.value.problems] == problems, text
