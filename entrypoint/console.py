@@ -159,9 +159,10 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
     from entrypoint.memory import format_bytes
 
     template = reply.get("template")
+    job = {True: "busy", False: "idle"}
     # The template's row first, marked so no queue name can be mistaken for it.
     rows = [
-        (w["group"], w["slot"], w["pid"] or "-", w["state"],
+        (w["group"], w["slot"], w["pid"] or "-", w["state"], job.get(w.get("busy"), "-"),
          f"{w['uptime']:.0f}s" if w["uptime"] is not None else "-", w["restarts"],
          w["last_exit"] or "-", format_bytes(w["memory"]) if w["memory"] else "-")
         for w in ([{**template, "group": "(template)", "slot": template["generation"] or "-"}] if template else [])
@@ -172,12 +173,30 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
         title += ": stopping"
     elif reply.get("paused"):
         title += ": paused (WINCH; HUP resumes)"
-    print_table(title, ("group", "slot", "pid", "state", "uptime", "restarts", "last exit", "memory"), rows)
+    print_table(title, ("group", "slot", "pid", "state", "job", "uptime", "restarts", "last exit", "memory"), rows)
+    print_table("groups", ("group", "workers", "busy", "busy 1 min", "busy 5 min", "memory", "elastic"),
+                [group_row(name, group) for name, group in reply.get("groups", {}).items()])
     used = reply["memory"]
     limit = f"of {format_bytes(used['limit'])} from {used['limit_source']}" if used["limit"] else "no limit known"
     template_memory = f", the template {format_bytes(used['template'])}" if used.get("template") else ""
     print(f"memory: {format_bytes(used['total'])} in all, the manager {format_bytes(used['manager'])}"
           f"{template_memory}; {limit}")
+
+
+def group_row(name: str, group: dict) -> tuple:
+    """A --status groups line: workers, busy now and over time, memory, elastic bounds."""
+    from entrypoint.memory import format_bytes
+
+    shares = group["utilization"] or {}
+
+    def percent(label: str) -> str:
+        share = shares.get(label)
+        return "-" if share is None else f"{100 * share:.0f}%"
+
+    bounds = group["elastic"]
+    return (name, f"{group['running']}/{group['wanted']}", "-" if group["busy"] is None else group["busy"],
+            percent("1m"), percent("5m"), format_bytes(group["memory"]) if group["memory"] else "-",
+            f"{bounds['min']}-{bounds['max']}" if bounds else "-")
 
 
 class PrefixedOutput:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
+
+from entrypoint.pool import Worker
+from entrypoint.poolconfig import Group
 
 # Defaults for pool.grow_after and pool.shrink_after: a backlog must last this long before its
 # group grows, and a worker must have been idle this long before its slot can go elsewhere.
@@ -42,6 +45,18 @@ class Elastic(NamedTuple):
     count: int
     slots: Sequence[Slot]
     backlog: Backlog | None
+
+
+def views(desired: Mapping[str, tuple[Group, int]], workers: Iterable[Worker],
+          backlogs: Mapping[str, Backlog]) -> list[Elastic]:
+    """The elastic groups as plan() sees them: bounds, count, each running slot's idle time, backlog."""
+    slots: dict[str, list[Slot]] = {}
+    for worker in workers:
+        if worker.stop_sent is None:
+            idle = worker.idle_since if worker.busy is False else None
+            slots.setdefault(worker.group, []).append(Slot(worker.slot, idle))
+    return [Elastic(name, spec.min_count, spec.max_count, count, slots.get(name, []), backlogs.get(name))
+            for name, (spec, count) in desired.items() if spec.elastic]
 
 
 class Move(NamedTuple):

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from entrypoint import memory, reaper
 from entrypoint.pool import Worker
-from entrypoint.poolconfig import Group, PoolConfig
+from entrypoint.poolconfig import MAX_COUNT, Group, PoolConfig
 
 # Memory is sampled every pool.memory_interval while ceilings, `auto` or the pool guard need
 # fresh numbers, else only for the periodic summary line.
@@ -70,6 +70,42 @@ def shared_part(worker: Worker) -> int:
     return max(0, (worker.pss or 0) - worker.private) if worker.spec.forked else 0
 
 
+class Room(NamedTuple):
+    """What a set of workers needs, for planning how many of them fit."""
+
+    per_worker: int  # the most one of them needs at its peak
+    rest_now: int  # everything else in the pool, as it is now
+    rest_at_peak: int  # everything else, each other worker at its peak
+
+
+def room(mine: Collection[Worker], workers: Collection[Worker], total: int) -> Room | None:
+    """How much `mine` (warm workers of the groups being planned) and everything else need; None
+    while none of them has been measured enough to tell."""
+    warm = [w for w in mine if w.samples >= WARM_SAMPLES]
+    if not warm:
+        return None
+    fixed = total - sum(w.pss or 0 for w in workers)  # the manager and our helpers
+    shared = sum(shared_part(w) for w in mine)
+    planned = {id(w) for w in mine}
+    others = [w for w in workers if id(w) not in planned]
+    return Room(memory.steady_per_worker([cost(w) for w in warm]),
+                fixed + shared + sum(w.pss or 0 for w in others),
+                fixed + shared + sum(cost(w) + shared_part(w) for w in others))
+
+
+def elastic_room(desired: Mapping[str, tuple[Group, int]], workers: Collection[Worker], total: int,
+                 limit: int | None, headroom: float) -> int | None:
+    """How many workers the elastic groups can share in memory, the rest at its peaks; None while
+    it cannot be told (no limit known, or no elastic worker measured enough)."""
+    if limit is None:
+        return None
+    names = {name for name, (spec, _) in desired.items() if spec.elastic}
+    needs = room([w for w in workers if w.group in names and w.stop_sent is None], workers, total)
+    if needs is None:
+        return None
+    return memory.auto_worker_count(limit, headroom, needs.rest_at_peak, needs.per_worker, 0, MAX_COUNT)
+
+
 def auto_sizes(desired: Mapping[str, tuple[Group, int]], workers: Collection[Worker], total: int,
                limit: int | None, headroom: float) -> list[Resize]:
     """`auto` groups: as many workers as fit under the limit with headroom, judged by warm workers' peaks.
@@ -82,28 +118,25 @@ def auto_sizes(desired: Mapping[str, tuple[Group, int]], workers: Collection[Wor
     """
     if limit is None:
         return []
-    fixed = total - sum(w.pss or 0 for w in workers)  # the manager and our helpers
     resized = []
     for name, (spec, count) in desired.items():
         if not spec.auto:
             continue
         mine = [w for w in workers if w.group == name and w.stop_sent is None]
-        warm = [w for w in mine if w.samples >= WARM_SAMPLES]
-        if not warm:
+        needs = room(mine, workers, total)
+        if needs is None:
             continue
-        per_worker = memory.steady_per_worker([cost(w) for w in warm])
-        others = [w for w in workers if w.group != name]
-        shared = sum(shared_part(w) for w in mine)
-        rest_now = fixed + shared + sum(w.pss or 0 for w in others)
-        rest_at_peak = fixed + shared + sum(cost(w) + shared_part(w) for w in others)
-        fits_now = memory.auto_worker_count(limit, headroom, rest_now, per_worker, spec.min_count, spec.max_count)
-        fits_at_peak = memory.auto_worker_count(limit, headroom, rest_at_peak, per_worker, spec.min_count,
+        per_worker = needs.per_worker
+        fits_now = memory.auto_worker_count(limit, headroom, needs.rest_now, per_worker, spec.min_count,
+                                            spec.max_count)
+        fits_at_peak = memory.auto_worker_count(limit, headroom, needs.rest_at_peak, per_worker, spec.min_count,
                                                 spec.max_count)
-        settled = len(warm) >= count and not any(w.growing for w in mine)
+        settled = (sum(w.samples >= WARM_SAMPLES for w in mine) >= count
+                   and not any(w.growing for w in mine))
         if fits_now < count:
-            target, rest = fits_now, rest_now
+            target, rest = fits_now, needs.rest_now
         elif fits_at_peak > count and settled:
-            target, rest = fits_at_peak, rest_at_peak
+            target, rest = fits_at_peak, needs.rest_at_peak
         else:
             continue
         resized.append(Resize(name, target, (

@@ -97,7 +97,9 @@ def desired_counts(config: PoolConfig, limit: int | None, cpus: int) -> dict[str
     memory allows; with no memory limit known it gets the CPU-based count instead."""
     counts = {}
     for group in config.groups:
-        if not group.auto:
+        if group.elastic:
+            counts[group.name] = (group, group.min_count)  # the backlog decides the rest
+        elif not group.auto:
             counts[group.name] = (group, group.count or 0)
         elif limit is None:
             wanted = memory.cpu_worker_count(cpus)

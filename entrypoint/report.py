@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from entrypoint.pool import SlotHistory, SlotKey, Worker
 from entrypoint.poolconfig import Group
@@ -32,7 +32,30 @@ def slot_rows(wanted: Mapping[str, tuple[Group, int]], desired: Mapping[str, tup
             "restarts": past.restarts, "last_exit": past.last_exit,
             "memory": worker.pss if worker else None,
             "forked": spec.forked,
+            "busy": worker.busy if worker else None,
         })
+    return rows
+
+
+def group_rows(desired: Mapping[str, tuple[Group, int]], workers: Iterable[Worker],
+               shares: Callable[[str], dict[str, float | None] | None]) -> dict[str, dict]:
+    """Per group: workers wanted and running, how many are busy now and their share of busy time
+    (None where the command cannot tell), memory, and an elastic group's bounds."""
+    running: dict[str, list[Worker]] = {}
+    for worker in workers:
+        if worker.stop_sent is None:
+            running.setdefault(worker.group, []).append(worker)
+    rows = {}
+    for name, (spec, count) in desired.items():
+        mine = running.get(name, [])
+        utilization = shares(name)
+        rows[name] = {
+            "wanted": count, "running": len(mine),
+            "busy": sum(bool(w.busy) for w in mine) if utilization is not None else None,
+            "utilization": utilization,
+            "memory": sum(w.pss or 0 for w in mine),
+            "elastic": {"min": spec.min_count, "max": spec.max_count} if spec.elastic else None,
+        }
     return rows
 
 
@@ -54,3 +77,16 @@ def template_row(template: Template | None, setup: Setup | None, history: SlotHi
         "memory": memory if template else None,
         "modules": list(setup.modules + setup.calls) if setup else [],
     }
+
+
+def work_line(groups: Mapping[str, dict]) -> str | None:
+    """The minute's summary of the work: each group that can tell, busy now and over 1 and 5 minutes."""
+    parts = []
+    for name, group in groups.items():
+        shares = group["utilization"]
+        if shares is None:
+            continue
+        over = ", ".join(f"{100 * share:.0f}% over {label.replace('m', ' min')}"
+                         for label, share in shares.items() if share is not None)
+        parts.append(f"{name} {group['busy']}/{group['running']} busy" + (f" ({over})" if over else ""))
+    return "work: " + "; ".join(parts) if parts else None

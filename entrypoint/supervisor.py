@@ -11,17 +11,18 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from entrypoint import memory, pool, preload, reaper, report
+from entrypoint import elastic, memory, pool, preload, reaper, report
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
 from entrypoint.health import first_problem, looping_slots, memory_problem
 from entrypoint.init import prepare_process
-from entrypoint.memory_policy import MemoryWatch, Recycle, Resize
+from entrypoint.memory_policy import MemoryWatch, Recycle, Resize, elastic_room
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker, desired_counts, worker_env
-from entrypoint.poolconfig import ConfigError, Group, PoolConfig
+from entrypoint.poolconfig import ELASTIC_AUTO, ConfigError, Group, PoolConfig
 from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
 from entrypoint.signals import Received, child_changed, signal_name
 from entrypoint.spawn import SpawnError, spawn
+from entrypoint.utilization import Usage, knows_busy
 
 EXIT_OK = 0
 EXIT_KILLED_AT_DEADLINE = 1
@@ -60,6 +61,8 @@ class Supervisor:
         self.limit = options.memory
         self.memory = MemoryWatch(self.limit, time.monotonic())
         self.templates = preload.Templates(env, log, self.backoff)
+        self.usage = Usage()
+        self.backlogs: dict[str, elastic.Backlog] = {}  # each group's queues, as last read
         self.desired = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
         self.output = PrefixedOutput() if options.prefix_output or config.prefix_output else None
         self.workers: dict[int, Worker] = {}
@@ -92,6 +95,7 @@ class Supervisor:
         while True:
             now = time.monotonic()
             self.check_memory(now)
+            self.follow_the_work(now)
             self.step(now)
             if self.stopping and self.all_gone(now):
                 break
@@ -162,6 +166,7 @@ class Supervisor:
             self.templates.next_wakeup(),
             self.leftovers_deadline,
             self.memory.next_sample,
+            self.usage.next_sample if self.watching_the_work() else None,
             self.last_spawn + self.config.spawn_delay if self.start_deferred else None,
         ]
         pending = [m for m in moments if m is not None]
@@ -183,7 +188,42 @@ class Supervisor:
                 self.desired[decision.group] = (spec, decision.count)
                 self.log.info(decision.reason)
             else:
-                self.log.info(decision)
+                self.log.info(decision)  # the minute's summary: the work's comes with it
+                groups = report.group_rows(self.desired, self.workers.values(),
+                                           lambda name: self.usage.shares(name, now))
+                work = report.work_line(groups)
+                if work is not None:
+                    self.log.info(work)
+
+    # -- busy, idle, elastic ---------------------------------------------------------------------
+
+    def watching_the_work(self) -> bool:
+        """Whether the loop wakes up each second: some group can tell busy from idle, or is elastic."""
+        return self.config.elastic is not None or any(knows_busy(spec) for spec, _ in self.desired.values())
+
+    def follow_the_work(self, now: float) -> None:
+        """Sample which workers are busy; move elastic slots to the groups whose backlog lasts."""
+        if now < self.usage.next_sample or not self.watching_the_work():
+            return
+        self.usage.sample(now, self.workers.values(), {name: spec for name, (spec, _) in self.desired.items()})
+        if self.config.elastic is None or self.stopping or self.paused or self.preloading:
+            return
+        groups = elastic.views(self.desired, self.workers.values(), self.backlogs)
+        for move in elastic.plan(groups, self.elastic_total(), now, grow_after=self.config.grow_after,
+                                 shrink_after=self.config.shrink_after):
+            spec, _count = self.desired[move.group]
+            self.desired[move.group] = (spec, move.count)
+            self.log.info(f"elastic: {move.reason}")
+
+    def elastic_total(self) -> int:
+        """The workers the elastic groups share: pool.elastic, never more than memory allows;
+        with `elastic: auto`, what memory allows (2 x CPUs + 1 while that cannot be told)."""
+        fits = elastic_room(self.desired, list(self.workers.values()), self.memory.total(self.workers.values()),
+                            self.limit.bytes, self.config.memory_headroom)
+        if self.config.elastic == ELASTIC_AUTO:
+            return fits if fits is not None else memory.cpu_worker_count(os.cpu_count() or 1)
+        assert self.config.elastic is not None
+        return self.config.elastic if fits is None else min(self.config.elastic, fits)
 
     # -- preloaded workers ---------------------------------------------------------------------
 
@@ -551,6 +591,8 @@ class Supervisor:
             "stopping": self.stopping, "paused": self.paused,
             "workers": report.slot_rows(self.effective_desired(), self.desired, self.workers.values(),
                                         self.history, templates.starting(), now),
+            "groups": report.group_rows(self.desired, self.workers.values(),
+                                        lambda name: self.usage.shares(name, now)),
             "template": report.template_row(templates.current, templates.setup, templates.history,
                                             self.memory.helpers_pss, now),
             "memory": {

@@ -62,9 +62,6 @@ class Usage:
         self.groups: dict[str, GroupTime] = {}
         self.next_sample = 0.0
 
-    def due(self, now: float, groups: Iterable[Group]) -> bool:
-        return now >= self.next_sample and any(knows_busy(g) for g in groups)
-
     def sample(self, now: float, workers: Iterable[Worker], groups: Mapping[str, Group]) -> None:
         """Read each worker's busy/idle (side effect: one /proc read each) and record each group's."""
         self.next_sample = now + SAMPLE_SECONDS
