@@ -35,6 +35,12 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
         time.sleep(0.02)
 
 
+def chaos_chosen(config: pytest.Config) -> bool:
+    """Whether this run asked for the long reliability runs (`-m chaos`); otherwise a slice runs."""
+    expression = config.getoption("markexpr") or ""
+    return "chaos" in expression and "not chaos" not in expression
+
+
 def marked_processes(mark: str, variable: str = MARK) -> list[tuple[int, str]]:
     """(pid, state) of every process whose environment carries this test's mark."""
     found = []
