@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis
-from rq.exceptions import NoSuchJobError, StopRequested
+from rq.exceptions import NoSuchJobError
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -39,6 +39,10 @@ INTERRUPTED = "interrupted_by_shutdown"
 POLL_SECONDS = 1.0
 # A second stop signal this soon after the first is the same stop seen twice (RQ's own rule).
 DUPLICATE_STOP_SECONDS = 1.0
+
+
+class WaitInterrupted(Exception):
+    """A stop signal ending the blocking wait for a job (raised and caught only there)."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ class ReliableMixin:
                 time.sleep(seconds)
                 return None
             job_id = self.holding.wait(first, seconds)
-        except StopRequested:
+        except WaitInterrupted:
             return None  # a job the BLMOVE moved as we were interrupted is in our list: teardown returns it
         finally:
             self._blocking = False
@@ -283,14 +287,15 @@ class ReliableMixin:
         super().request_stop(signum, frame)
 
     def _shutdown(self) -> None:
-        """RQ's warm shutdown while busy. Idle, RQ raises StopRequested wherever the signal lands; we
-        only do that inside the blocking wait, and elsewhere let the loop see the flag."""
+        """RQ's warm shutdown while busy. Idle, RQ raises StopRequested wherever the signal lands (in
+        a finalizer it is lost, and the worker never stops); we raise only inside the blocking
+        wait, and elsewhere let the loop see the flag within a moment."""
         if self.get_state() == WorkerStatus.BUSY:
             super()._shutdown()
             return
         self._stop_requested = True
         if self._blocking:
-            raise StopRequested()
+            raise WaitInterrupted()
 
     def request_force_stop(self, signum, frame) -> None:
         """A second stop signal: RQ KILLs the horse and the job fails; we requeue the job first."""

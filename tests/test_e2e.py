@@ -372,10 +372,8 @@ def test_heroku_shutdown_requeues_a_job_that_outlives_the_term_timeout_before_th
     for pid in [running.init, *descendants(running.init)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    code, took = wait_exit(running, running.shipped.kill_after)
-    assert_stopped_in_time(code, running)
-    assert took < HEROKU_TERM_TIMEOUT, (
-        f"the init took {took:.1f}s to exit, TERM_TIMEOUT is {HEROKU_TERM_TIMEOUT:g}s\n{tail(running)}")
+    code, _ = wait_exit(running, running.shipped.kill_after)
+    assert_stopped_in_time(code, running)  # no KILL at TERM_TIMEOUT: the worker left before it
     assert queue.get_job_ids()[0] == long_job.id
     assert Job.fetch(long_job.id, connection=connection).meta[INTERRUPTED] == 1
     result = tally(connection, [long_job.id])
@@ -435,7 +433,7 @@ SLICE_STOPS = 6  # the default suite's slice; `pytest -m chaos` runs FULL_STOPS,
 FULL_STOPS = 50
 LOOP_TERM_TIMEOUT = "1.4"  # the grace, shorter than the longest jobs
 LOOP_DURATIONS = (0.05, 1.5)  # each crunch_data job's length is drawn from this range
-LOOP_BACKLOG = 12  # jobs waiting before each start, so that jobs are in flight at every stop
+LOOP_BACKLOG = 16  # jobs waiting before each start, so that jobs are in flight at every stop
 # Each group of example/pool.yml: the one-queue group, the "a,b" group and the '*' group.
 LOOP_SIZES = {"WELCOME_EMAIL_WORKERS": "1", "WORKER_CONCURRENCY": "1", "EVERY_QUEUE_WORKERS": "1"}
 GROUP_NAMES = {"send_welcome_email", "crunch_data,send_welcome_email", "*"}
@@ -466,6 +464,13 @@ def killed_before_teardown(output: str) -> list[str]:
     return found
 
 
+def answers(socket_path: str) -> bool:
+    try:
+        return bool(request(socket_path, {"command": "ping"}).get("ok"))
+    except OSError:
+        return False
+
+
 def nothing_stranded(connection) -> dict[str, list[str]]:
     """Jobs taken and not finished: in a holding list, RQ's intermediate lists or started registries."""
     from entrypoint.rq_holding import held_job_ids
@@ -481,7 +486,7 @@ def nothing_stranded(connection) -> dict[str, list[str]]:
 @pytest.mark.chaos
 @pytest.mark.timeout(1800)
 def test_restart_loop_loses_no_job_and_runs_again_only_what_a_shutdown_interrupted(
-    launch, redis_server, request  # noqa: F811
+    launch, redis_server, pool_socket, request  # noqa: F811
 ) -> None:
     """The shipped config restarted again and again, half by `docker stop`, half by Heroku's
     TERM-to-everyone, while jobs of 0.05-1.5 s flow through its three groups and the grace is
@@ -501,8 +506,10 @@ def test_restart_loop_loses_no_job_and_runs_again_only_what_a_shutdown_interrupt
         waiting = sum(Queue(name, connection=connection).count for name in QUEUES)
         ids += enqueue(connection, max(0, LOOP_BACKLOG - waiting), seconds=LOOP_DURATIONS, seed=number)
         running = launch(for_the_loop(as_heroku(redis_server) if heroku else as_docker_compose(redis_server)))
+        # Until it takes signals, a PID 1 never sees a TERM (the kernel drops it): not the moment tested.
+        wait_for(lambda: answers(pool_socket), 30, "the pool to take signals")
         if number % 4 < 2:  # any moment: workers starting, taking, idle, or busy
-            time.sleep(rng.uniform(0.3, 3.0))
+            time.sleep(rng.uniform(0.0, 4.0))
         else:  # while a job runs, so that some outlive the grace
             wait_for(lambda: in_flight(connection), 30, "a job to be running")
             time.sleep(rng.uniform(0.0, 0.3))
@@ -514,7 +521,8 @@ def test_restart_loop_loses_no_job_and_runs_again_only_what_a_shutdown_interrupt
         killed += code == 1
         stop_seconds.append(took)
         outputs.append(running.output())
-    running = launch(for_the_loop(as_docker_compose(redis_server)))  # the last start: drain the queues
+    drain = as_docker_compose(redis_server)  # the last start, with the shipped grace: drain the queues
+    running = launch(dataclasses.replace(drain, env={**drain.env, **LOOP_SIZES}))
     result = wait_for_jobs(connection, timeout=120, interval=0.25)
     stop(running, heroku=False)
     assert_stopped_in_time(wait_exit(running, running.shipped.kill_after)[0], running)
