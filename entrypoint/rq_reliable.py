@@ -279,8 +279,6 @@ class ReliableMixin:
     # -- stopping ------------------------------------------------------------------------------
 
     def request_stop(self, signum, frame) -> None:
-        if os.getpid() != self.pid:
-            return  # a work-horse too young to have its own handlers: its worker handles the stop
         if self._stop_at is None:
             self._stop_at = time.monotonic()
             self._stop_seen.set()
@@ -299,8 +297,6 @@ class ReliableMixin:
 
     def request_force_stop(self, signum, frame) -> None:
         """A second stop signal: RQ KILLs the horse and the job fails; we requeue the job first."""
-        if os.getpid() != self.pid:
-            return
         repeated = self._stop_at is not None and time.monotonic() - self._stop_at < DUPLICATE_STOP_SECONDS
         if self.shutdown.requeue and self.horse_pid and not repeated:
             self.interrupt_job("a second stop signal")

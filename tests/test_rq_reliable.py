@@ -233,14 +233,14 @@ def test_a_lower_priority_queue_waits_no_longer_than_the_poll_and_the_first_wake
     worker.bootstrap()
     found: list = []
     try:
-        thread = threading.Thread(target=lambda: found.append(worker.take(10.0)))
+        thread = threading.Thread(target=lambda: found.append(worker.take(60.0)))
         thread.start()
 
         def blocked_on_a() -> bool:
             return any(c.get("cmd") == "blmove" for c in connection.client_list())
         wait_for(blocked_on_a, 5, "the worker to block on its first queue")
         job = Queue("b", connection=connection).enqueue(time.sleep, 0)
-        thread.join(10)
+        thread.join(10)  # far beyond the poll, far below the 60 s the wait on `a` alone would last
         assert found and found[0][0].id == job.id
         assert worker.holding.job_ids() == [job.id]
 
