@@ -47,8 +47,12 @@ class WaitInterrupted(Exception):
 
 @dataclass(frozen=True)
 class ShutdownSettings:
-    requeue: bool  # requeue a job still running at the deadline (else RQ's behaviour)
+    requeue: bool  # requeue a job a shutdown stops (else RQ's behaviour for running jobs)
     term_timeout: float | None  # seconds from the stop signal until the pool's KILL; None: unknown
+
+    @property
+    def requeue_at_deadline(self) -> bool:
+        return self.requeue and self.term_timeout is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ShutdownSettings:
@@ -88,7 +92,7 @@ class ReliableMixin:
         super().bootstrap(*args, **kwargs)
         self.here = Place.here()
         self.register_holder()
-        if self.shutdown.requeue and self.shutdown.term_timeout is not None:
+        if self.shutdown.requeue_at_deadline:
             threading.Thread(target=self._watch_deadline, name="entrypoint-deadline", daemon=True).start()
 
     def register_holder(self) -> None:
@@ -335,11 +339,11 @@ class ReliableWorker(ReliableMixin, Worker):
 
 class ReliableHerokuWorker(ReliableMixin, HerokuWorker):
     """RQ's HerokuWorker: the horse ignores the TERM Heroku sends every process. HerokuWorker also
-    fails the job 6 s after a stop (SIGRTMIN to the horse); with requeue on, the job runs on until
-    the deadline and is requeued instead."""
+    fails the job 6 s after a stop (SIGRTMIN to the horse); when we know the deadline, the job
+    runs on until shortly before it and is requeued instead."""
 
     def handle_warm_shutdown_request(self) -> None:
-        if self.shutdown.requeue:
+        if self.shutdown.requeue_at_deadline:
             Worker.handle_warm_shutdown_request(self)
         else:
             super().handle_warm_shutdown_request()

@@ -60,6 +60,9 @@ def test_shutdown_settings_from_the_pools_environment() -> None:
     assert ShutdownSettings.from_env({"POOL_REQUEUE_ON_SHUTDOWN": "0", "POOL_TERM_TIMEOUT": "8"}) == (
         ShutdownSettings(False, 8.0))
     assert ShutdownSettings.from_env({"POOL_REQUEUE_ON_SHUTDOWN": "false"}).requeue is False
+    assert ShutdownSettings(True, 8.0).requeue_at_deadline
+    assert not ShutdownSettings(True, None).requeue_at_deadline  # not under the pool: no deadline known
+    assert not ShutdownSettings(False, 8.0).requeue_at_deadline
     with pytest.raises(ValueError, match="POOL_REQUEUE_ON_SHUTDOWN: expected 1/0"):
         ShutdownSettings.from_env({"POOL_REQUEUE_ON_SHUTDOWN": "sometimes"})
     with pytest.raises(ValueError, match="POOL_TERM_TIMEOUT: expected a number of seconds"):
