@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rq import Queue
 
-from entrypoint.rq_reliable import ReliableHerokuWorker, ReliableWorker
+from entrypoint.rq_reliable import POLL_SECONDS, ReliableHerokuWorker, ReliableWorker
 
 
 class EveryQueueMixin:
@@ -14,6 +14,9 @@ class EveryQueueMixin:
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._named_first = [q.name for q in self.queues]
+
+    def looks_again_after(self) -> float:
+        return POLL_SECONDS  # a queue created meanwhile may come first
 
     def refresh_queues(self) -> None:
         known = sorted(q.name for q in Queue.all(connection=self.connection))

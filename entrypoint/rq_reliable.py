@@ -35,7 +35,7 @@ from entrypoint.shutdown import parse_seconds, parse_switch
 
 # job.meta key: how many times a shutdown stopped the job and put it back in its queue.
 INTERRUPTED = "interrupted_by_shutdown"
-# An idle worker blocks on its first queue and looks at the others this often.
+# An idle worker on several queues blocks on its first queue and looks at the others this often.
 POLL_SECONDS = 1.0
 # A second stop signal this soon after the first is the same stop seen twice (RQ's own rule).
 DUPLICATE_STOP_SECONDS = 1.0
@@ -151,10 +151,16 @@ class ReliableMixin:
     def refresh_queues(self) -> None:
         """Called before each look at the queues: the every-queue worker updates its list here."""
 
+    def looks_again_after(self) -> float | None:
+        """How long to block on the first queue before looking at every queue again: POLL_SECONDS
+        while others wait behind it; one queue alone is left to BLMOVE for the whole window, as
+        RQ's own worker does (an idle worker then costs Redis nothing)."""
+        return POLL_SECONDS if len(self._ordered_queues) > 1 else None
+
     def take(self, seconds: float | None) -> tuple[Job, Queue] | None:
         """The first job of the first non-empty queue, now in our holding list; None after `seconds`
         (at once when None) or on a stop. Between looks we block on the first queue, so a job
-        there starts at once, and one on a later queue within POLL_SECONDS."""
+        there starts at once, and one on a later queue within looks_again_after()."""
         give_up = None if seconds is None else time.monotonic() + seconds
         while not self._stop_requested:
             if self.should_run_maintenance_tasks:  # checked every look, not once in worker_ttl as RQ does
@@ -165,7 +171,8 @@ class ReliableMixin:
                 left = give_up - time.monotonic()
                 if left <= 0:
                     return None
-                found = self.wait(min(POLL_SECONDS, left))
+                poll = self.looks_again_after()
+                found = self.wait(left if poll is None else min(poll, left))
             if found is not None:
                 taken = self.fetch_taken(*found)
                 if taken is not None:
@@ -180,7 +187,7 @@ class ReliableMixin:
         try:
             self._blocking = True
             if self.get_redis_server_version() < (6, 2, 0):  # no BLMOVE before Redis 6.2: poll
-                time.sleep(seconds)
+                time.sleep(min(seconds, POLL_SECONDS))
                 return None
             job_id = self.holding.wait(first, seconds)
         except WaitInterrupted:

@@ -517,7 +517,8 @@ def test_a_holding_list_left_in_another_namespace_returns_when_rq_lets_go_of_its
     lost.window("horse", job)
     (dead,) = rq_holding.holders(connection, lambda name: name)
     pool = RQPool(runner, tmp_path, redis_server,
-                  "a:\n  count: 1\n" + command("entrypoint.rq_reliable.ReliableWorker", "--maintenance-interval", "1"))
+                  "a:\n  count: 1\n" + command("entrypoint.rq_reliable.ReliableWorker", "--maintenance-interval", "1",
+                                                 "--worker-ttl", "16"))  # a 1 s dequeue window
     wait_for(lambda: len(rq_holding.holders(connection, lambda name: name)) == 2, 20, "the other worker")
     os.kill(lost.init, signal.SIGKILL)
     lost.process.wait(10)
