@@ -186,6 +186,8 @@ class ReliableMixin:
         first = self._ordered_queues[0].key
         try:
             self._blocking = True
+            if self._stop_requested:  # a stop that came just before we blocked raised nothing
+                return None
             if self.get_redis_server_version() < (6, 2, 0):  # no BLMOVE before Redis 6.2: poll
                 time.sleep(min(seconds, POLL_SECONDS))
                 return None

@@ -258,10 +258,16 @@ def test_a_lower_priority_queue_waits_no_longer_than_the_poll_and_the_first_wake
 
 
 def test_a_stop_ends_the_blocking_wait_at_once(redis_server) -> None:  # noqa: F811
-    """Idle, the worker blocks in BLMOVE; a stop signal breaks that wait instead of letting it run
-    its course (here 30 s, so a wait that ran on shows as a hang)."""
+    """Idle, the worker blocks in BLMOVE (on one queue, for the whole dequeue window); a stop
+    signal breaks that wait, and one that came just before it keeps it from starting, instead of
+    letting it run its course (here 30 s, so a wait that ran on shows as a hang)."""
     worker = ReliableWorker(["a"], connection=redis.Redis.from_url(redis_server))
     worker.bootstrap()
+    worker._stop_requested = True  # the flag a stop just before the wait left
+    started = time.monotonic()
+    assert worker.wait(30.0) is None
+    assert time.monotonic() - started < 10, "the wait started after the stop"
+    worker._stop_requested = False
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     worker._install_signal_handlers()
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
