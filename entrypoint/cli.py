@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -82,6 +83,10 @@ def init_options(args: Options, env: Mapping[str, str]) -> InitOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all, hold every signal: as PID 1 of a namespace a signal we neither handle nor
+    # block is dropped by the kernel, and reading the options and the config takes a while.
+    # Held, it waits for the init's or the pool's signalfd; a command to a running pool lets go.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     argv = sys.argv[1:] if argv is None else list(argv)
     env = os.environ
     log = Log()
@@ -89,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         invocation = unnest(parse(argv, env), env)
         args = invocation.args
         log.verbosity = args.verbose
+        if invocation.command is None and (args.check or args.status or args.health or args.scale is not None
+                                           or args.reload):
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if invocation.command is not None:
             options = init_options(args, env)
             from entrypoint.spawn import mark_inherited_descriptors_cloexec

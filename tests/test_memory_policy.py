@@ -80,7 +80,7 @@ def test_another_groups_jobs_coming_and_going_do_not_make_a_group_flap() -> None
     total = 20 * MIB + sum(w.pss for w in workers)
     # Now: (435.2 - 20 - 40) / 40 = 9.4 fit; at the other's peak: (435.2 - 20 - 80) / 40 = 8.4.
     assert auto_sizes({"q": (AUTO, 9), "f": (FIXED, 1)}, workers, total, 512 * MIB, 0.85) == []
-    assert auto_sizes({"q": (AUTO, 8), "f": (FIXED, 1)}, mine[:8] + [busy_before], total - 40 * MIB,
+    assert auto_sizes({"q": (AUTO, 8), "f": (FIXED, 1)}, [*mine[:8], busy_before], total - 40 * MIB,
                       512 * MIB, 0.85) == [], "nor grows back"
 
 

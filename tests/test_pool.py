@@ -128,8 +128,8 @@ def test_reload_diff_names_each_change():
 
 
 def test_auto_groups_start_small_under_a_limit_and_cpu_sized_without_one():
-    from entrypoint.poolconfig import PoolConfig
     from entrypoint.pool import desired_counts
+    from entrypoint.poolconfig import PoolConfig
 
     auto = A._replace(count=None, min_count=2, max_count=6)
     config = PoolConfig(source="pool.yml", app_env=None, groups=(auto, B))

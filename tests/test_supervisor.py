@@ -485,3 +485,24 @@ def test_workers_start_with_default_signals_an_empty_mask_and_their_own_group(ru
     assert int(status["SigIgn"], 16) & 0x7FFFFFFF == 0, "Python's ignored PIPE and XFSZ must not leak"
     assert status["SigBlk"] == "0000000000000000"
     assert status["NSpgid"] == status["NSpid"], "a worker leads its own process group"
+
+
+def test_a_term_to_pid_1_while_it_reads_its_config_is_not_lost(runner, tmp_path):
+    """As PID 1 of a namespace, a signal with no handler and not blocked is dropped by the kernel.
+    The pool holds every signal from its first moment, so a `docker stop` that comes while it is
+    still reading a long config file stops it once it is up, instead of vanishing."""
+    groups = "".join(f"queue_{number}: 0\n" for number in range(4500))  # 9,000 of the 10,000 YAML nodes allowed
+    config = tmp_path / "pool.yml"
+    config.write_text(f"pool:\n  command: {json.dumps(WORKER)}\n  term_timeout: 3\nq: 1\n" + groups)
+    process = runner.start(["--config", str(config), "--socket", str(tmp_path / "s.sock")],
+                           env=runner.env(WORKER_LOG=str(tmp_path / "w.jsonl")), namespace=True)
+    init = runner.init_pid(process)
+    time.sleep(0.3)  # past the interpreter's start, well inside the reading of this file
+    assert not (tmp_path / "s.sock").exists(), "the pool was up before the TERM: nothing tested"
+    os.kill(init, signal.SIGTERM)
+    try:
+        out, err = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the TERM sent while the pool started was lost: it ran on")
+    assert process.returncode == 0, out + err
+    assert "SIGTERM: stopping" in out, out
