@@ -21,7 +21,8 @@ _MAX_NODES = 10_000
 _MAX_MERGE_DEPTH = 32
 
 _APP_ENV_VARIABLES = ("APP_ENV", "RACK_ENV", "RAILS_ENV", "RESQUE_ENV")
-_GROUP_KEYS = ("call", "command", "count", "env", "max", "max_memory", "min", "stop_signal", "term_timeout")
+_GROUP_KEYS = ("call", "command", "count", "env", "max", "max_memory", "min", "requeue_on_shutdown", "stop_signal",
+               "term_timeout")
 _POOL_KEYS = (
     "after_fork",
     "backoff_max",
@@ -39,6 +40,7 @@ _POOL_KEYS = (
     "memory_limit",
     "prefix_output",
     "preload",
+    "requeue_on_shutdown",
     "shrink_after",
     "spawn_delay",
     "stop_signal",
@@ -119,6 +121,7 @@ class _GroupDefaults:
     max_workers: int = MAX_COUNT
     elastic: int | None = None  # pool.elastic: an elastic group's default max when it is a number
     elastic_named: bool = False  # pool.elastic is in the file (perhaps unreadable: reported there)
+    requeue_on_shutdown: bool = True
 
 
 class _FileReader:
@@ -226,6 +229,7 @@ class _FileReader:
             max_workers=self.get(
                 entries, "max_workers", self.scalar(values.max_workers), base.max_workers
             ),
+            requeue_on_shutdown=self.get(entries, "requeue_on_shutdown", self.scalar(values.flag), True),
         )
         settings = PoolConfig(
             source=self.source,
@@ -306,6 +310,8 @@ class _FileReader:
             max_memory=self.get(fields, "max_memory", self.scalar(values.size), defaults.max_memory),
             call=self.get(fields, "call", self.scalar(values.reference), None),
             elastic=elastic,
+            requeue_on_shutdown=self.get(fields, "requeue_on_shutdown", self.scalar(values.flag),
+                                         defaults.requeue_on_shutdown),
         )
         if "call" in fields and "command" in fields:
             blamed = fields["command"]

@@ -116,7 +116,7 @@ def _fraction(text: str) -> float:
     raise ValueError(f"expected a fraction above 0 and at most 1 (e.g. 0.85), got {_got(text)}")
 
 
-def _flag(text: str) -> bool:
+def flag(text: str) -> bool:
     word = text.strip().lower()
     if word in _TRUE or word in _FALSE:
         return word in _TRUE
@@ -136,8 +136,8 @@ POOL_SETTINGS: dict[str, Callable[[str], object]] = {
     "backoff_min": seconds,
     "backoff_max": seconds,
     "backoff_reset": seconds,
-    "exit_on_crash_loop": _flag,
-    "prefix_output": _flag,
+    "exit_on_crash_loop": flag,
+    "prefix_output": flag,
     "memory_headroom": _fraction,
     "memory_limit": size,
     "memory_interval": _interval,

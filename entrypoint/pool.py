@@ -122,6 +122,8 @@ def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str, te
         # The grace a stop gives this worker before KILL: a worker that knows it can hand its
         # job back in time instead of being killed mid-job.
         POOL_TERM_TIMEOUT=f"{term_timeout:g}",
+        # For our RQ worker: 0 keeps RQ's own way with a job still running at the deadline.
+        POOL_REQUEUE_ON_SHUTDOWN="1" if spec.requeue_on_shutdown else "0",
     )
     return env
 

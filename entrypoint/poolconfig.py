@@ -60,6 +60,7 @@ class Group(NamedTuple):
     forked: bool = False  # forked from the preload template rather than exec'd
     template: int = 0  # the template that forks this group's workers (the pool sets it)
     elastic: bool = False  # count: elastic: min..max of the pool's shared workers, following the backlog
+    requeue_on_shutdown: bool = True  # the default RQ worker requeues a job a shutdown interrupts
 
     @property
     def auto(self) -> bool:

@@ -876,3 +876,15 @@ def test_any_environment_loads_or_reports(tmp_path: Path, env: dict[str, str]) -
     else:
         (group,) = config.groups
         assert group.count is None or 0 <= group.count <= MAX_COUNT
+
+
+def test_requeue_on_shutdown_is_read_for_the_pool_and_each_group(tmp_path: Path) -> None:
+    (tmp_path / "pool.yml").write_text("pool:\n  requeue_on_shutdown: false\nonce: 1\n"
+                                       "again:\n  count: 1\n  requeue_on_shutdown: yes\n")
+    once, again = load_config(None, WORKER, tmp_path).groups
+    assert (once.requeue_on_shutdown, again.requeue_on_shutdown) == (False, True)
+    (tmp_path / "pool.yml").write_text("q:\n  count: 1\n  requeue_on_shutdown: maybe\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, WORKER, tmp_path)
+    assert [str(p) for p in raised.value.problems] == [
+        "pool.yml:3: q.requeue_on_shutdown: expected true or false, got 'maybe'"]

@@ -145,7 +145,9 @@ def test_each_worker_knows_its_queues_group_slot_and_pool():
     env = worker_env({"PATH": "/bin", "FLAVOUR": "base"}, spec, 3, "host:1", 12.5)
     assert env == {"PATH": "/bin", "FLAVOUR": "x", "QUEUES": "q1,q2", "POOL_GROUP": "q1,q2",
                    "POOL_SLOT": "3", "POOL_WORKER": "q1,q2.3", "POOL_ID": "host:1",
-                   "POOL_TERM_TIMEOUT": "12.5"}
+                   "POOL_TERM_TIMEOUT": "12.5", "POOL_REQUEUE_ON_SHUTDOWN": "1"}
+    never_twice = spec._replace(requeue_on_shutdown=False)
+    assert worker_env({}, never_twice, 3, "host:1", 12.5)["POOL_REQUEUE_ON_SHUTDOWN"] == "0"
 
 
 def test_a_workers_grace_is_its_groups_then_the_flag_then_the_files_then_the_default():
