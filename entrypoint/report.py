@@ -55,6 +55,8 @@ def group_rows(desired: Mapping[str, tuple[Group, int]], workers: Iterable[Worke
             "utilization": utilization,
             "memory": sum(w.pss or 0 for w in mine),
             "elastic": {"min": spec.min_count, "max": spec.max_count} if spec.elastic else None,
+            # what its workers run: a command line (exec'd, or run in a fork of the template), or a callable
+            "command": list(spec.argv) if spec.call is None else None, "call": spec.call, "forked": spec.forked,
         }
     return rows
 

@@ -250,21 +250,25 @@ def two_busy_workers(init: int) -> list[int] | None:
     return busy[:2] if len(busy) >= 2 else None
 
 
-def rq_workers(init: int) -> list[bytes]:
-    """The command lines of the init's children that are RQ workers (not a fork before exec)."""
-    found = []
-    for pid in children_of(init):
-        with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"rq.cli" in cmdline:
-                found.append(cmdline)
-    return found
+def rq_commands(pool_socket: str) -> list[bytes]:
+    """The command lines the pool's RQ groups run, NUL-separated as in /proc/PID/cmdline (a forked
+    worker runs its group's in the template's fork, so its own cmdline is the template's)."""
+    groups = request(pool_socket, {"command": "status"})["groups"].values()
+    return ["\0".join(group["command"]).encode() + b"\0" for group in groups
+            if group["command"] and "rq.cli" in group["command"]]
 
 
-def pool_worker_name(pid: int) -> str:
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return next(item.split(b"=", 1)[1].decode() for item in environ
-                if item.startswith(b"POOL_WORKER="))
+def pool_worker_name(pid: int, pool_socket: str) -> str:
+    """The pool's name for the worker with this (host) pid, from --status, which gives the pids
+    as seen inside the pool's namespace (a forked worker's /proc environ is the template's). A
+    worker just forked may show there a moment after it started working."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    inside = int(next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[-1])
+
+    def named():
+        rows = request(pool_socket, {"command": "status"})["workers"]
+        return next((f"{row['group']}.{row['slot']}" for row in rows if row["pid"] == inside), None)
+    return wait_for(named, 10, f"worker pid {inside} in --status")
 
 
 def assert_stopped_in_time(code: int, running: Running) -> None:
@@ -330,7 +334,7 @@ def test_docker_stop_lets_jobs_in_flight_finish_and_loses_none(
 
 @pytest.mark.timeout(90)
 def test_heroku_shutdown_term_to_everyone_finishes_jobs_without_a_second_term(
-    launch, redis_server  # noqa: F811
+    launch, redis_server, pool_socket  # noqa: F811
 ) -> None:
     connection = connect(redis_server)
     ids = enqueue(connection, 80, seconds=0.8)
@@ -338,7 +342,7 @@ def test_heroku_shutdown_term_to_everyone_finishes_jobs_without_a_second_term(
     wait_for(lambda: len(in_flight(connection)) >= 3 and connection.hlen(RUNS) >= 3, 30,
              "jobs to be running")
     running_at_stop = in_flight(connection)
-    workers = rq_workers(running.init)
+    workers = rq_commands(pool_socket)
     assert workers, "no RQ worker is running"
     for cmdline in workers:  # $DYNO set: our classes built on RQ's HerokuWorker, whose horse ignores TERM
         assert re.search(rb"--worker-class\0entrypoint\.rq_\w+\.\w+HerokuWorker\0", cmdline), cmdline
@@ -393,7 +397,7 @@ def test_workers_killed_mid_job_are_replaced_and_after_a_restart_nothing_is_stra
     running = launch(as_docker_compose(redis_server))
 
     alone, with_horse = wait_for(lambda: two_busy_workers(running.init), 30, "two workers in the middle of a job")
-    names = {pool_worker_name(pid) for pid in (alone, with_horse)}
+    names = {pool_worker_name(pid, pool_socket) for pid in (alone, with_horse)}
     (orphan,), (horse,) = children_of(alone), children_of(with_horse)
     for pid in (alone, with_horse, horse):
         os.kill(pid, signal.SIGKILL)
