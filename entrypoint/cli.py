@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             mark_inherited_descriptors_cloexec()
             return Init(invocation.command, options, env, log).run()
+        if args.fleet:
+            return show_fleet(env, as_json=args.json)
         if args.status or args.health or args.scale is not None or args.reload:
             return steer_pool(args, env)
         return run_pool(args, log)
@@ -136,6 +138,7 @@ def run_pool(args: Options, log: Log) -> int:
         return 0
     from entrypoint.console import PoolLog
     from entrypoint.control import default_socket_path
+    from entrypoint.monitoring import parse_port
     from entrypoint.spawn import mark_inherited_descriptors_cloexec
     from entrypoint.supervisor import PoolOptions, Supervisor
 
@@ -148,6 +151,7 @@ def run_pool(args: Options, log: Log) -> int:
         exit_on_crash_loop=bool(crash_loop_exit or config.exit_on_crash_loop),
         memory=memory_limit(args, config),
         prefix_output=bool(args.prefix),
+        metrics_port=_from(args.metrics_port, os.environ, "METRICS_PORT", "--metrics-port", parse_port),
     )
     mark_inherited_descriptors_cloexec()
     return Supervisor(config, options, os.environ, PoolLog(args.verbose), load).run()
@@ -197,4 +201,22 @@ def steer_pool(args: Options, env: Mapping[str, str]) -> int:
     from entrypoint.console import print_reply
 
     print_reply(payload["command"], reply, as_json=args.json)
+    return 0
+
+
+def show_fleet(env: Mapping[str, str], *, as_json: bool) -> int:
+    """--fleet: every pool publishing to $REDIS_URL, read there (redis-py: this is a client, not PID 1)."""
+    url = env.get("REDIS_URL")
+    if not url:
+        raise UsageError("--fleet: REDIS_URL is not set: it names the Redis every pool publishes to")
+    from entrypoint.fleet import FleetError, read_fleet
+
+    try:
+        pools = read_fleet(url, env)
+    except FleetError as error:
+        Log().error(str(error))
+        return EXIT_NO_POOL
+    from entrypoint.console import print_fleet
+
+    print_fleet(pools, as_json=as_json)
     return 0

@@ -30,6 +30,7 @@ _POOL_KEYS = (
     "command",
     "env",
     "exit_on_crash_loop",
+    "fleet",
     "max_memory",
     "max_workers",
     "memory_headroom",

@@ -124,6 +124,7 @@ POOL_SETTINGS: dict[str, Callable[[str], object]] = {
     "memory_headroom": _fraction,
     "memory_limit": size,
     "memory_interval": _interval,
+    "fleet": _flag,
 }
 
 

@@ -158,26 +158,82 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
         return
     from entrypoint.memory import format_bytes
 
-    template = reply.get("template")
-    # The template's row first, marked so no queue name can be mistaken for it.
-    rows = [
-        (w["group"], w["slot"], w["pid"] or "-", w["state"],
-         f"{w['uptime']:.0f}s" if w["uptime"] is not None else "-", w["restarts"],
-         w["last_exit"] or "-", format_bytes(w["memory"]) if w["memory"] else "-")
-        for w in ([{**template, "group": "(template)", "slot": template["generation"] or "-"}] if template else [])
-        + reply["workers"]
-    ]
+    groups = reply.get("groups", {})
+    # Helpers' rows first, marked so no queue name can be mistaken for them; a group's backlog on its first row.
+    helpers = [{**row, "group": f"({name})", "slot": row.get("generation") or "-"}
+               for name in ("template", "monitor") if (row := reply.get(name))]
+    # A group with no slot (count 0) still has a row when there is a backlog to show.
+    empty = [{"group": name, "slot": "-", "pid": None, "state": "no workers", "uptime": None, "restarts": "-",
+              "last_exit": None, "memory": None}
+             for name, entry in groups.items() if entry.get("backlog") and not entry["wanted"]
+             and all(w["group"] != name for w in reply["workers"])]
+    rows, shown = [], set()
+    for w in helpers + reply["workers"] + empty:
+        backlog = (groups.get(w["group"]) or {}).get("backlog") if w["group"] not in shown else None
+        shown.add(w["group"])
+        rows.append((w["group"], w["slot"], w["pid"] or "-", w["state"],
+                     f"{w['uptime']:.0f}s" if w["uptime"] is not None else "-", w["restarts"],
+                     w["last_exit"] or "-", format_bytes(w["memory"]) if w["memory"] else "-",
+                     describe_backlog(backlog) if backlog else "-"))
     title = f"pool {reply['pool_id']} (manager pid {reply['manager_pid']})"
     if reply.get("stopping"):
         title += ": stopping"
     elif reply.get("paused"):
         title += ": paused (WINCH; HUP resumes)"
-    print_table(title, ("group", "slot", "pid", "state", "uptime", "restarts", "last exit", "memory"), rows)
+    print_table(title, ("group", "slot", "pid", "state", "uptime", "restarts", "last exit", "memory", "backlog"),
+                rows)
     used = reply["memory"]
     limit = f"of {format_bytes(used['limit'])} from {used['limit_source']}" if used["limit"] else "no limit known"
-    template_memory = f", the template {format_bytes(used['template'])}" if used.get("template") else ""
+    helpers_memory = "".join(f", the {name} {format_bytes(used[name])}" for name in ("template", "monitor")
+                             if used.get(name))
     print(f"memory: {format_bytes(used['total'])} in all, the manager {format_bytes(used['manager'])}"
-          f"{template_memory}; {limit}")
+          f"{helpers_memory}; {limit}")
+    monitor = reply.get("monitor")
+    for line in (monitor or {}).get("error"), (monitor or {}).get("metrics"):
+        if line:
+            print(f"monitor: {one_line(line)}")
+
+
+def describe_backlog(backlog: dict) -> str:
+    """`412 waiting, oldest 40s`, and how old the reading is once it is stale."""
+    text = f"{backlog['waiting']} waiting"
+    if backlog.get("oldest") is not None:
+        text += f", oldest {backlog['oldest']:.0f}s"
+    if backlog.get("stale"):
+        text += f" (stale: read {backlog['age']:.0f}s ago)"
+    return text
+
+
+def print_fleet(pools: list[dict], *, as_json: bool) -> None:
+    """--fleet: one row per pool, its groups in one cell."""
+    import json
+
+    if as_json:
+        print(json.dumps(pools, indent=2))
+        return
+    from entrypoint.memory import format_bytes
+
+    now = time.time()
+    rows = []
+    for entry in pools:
+        groups = entry.get("groups", {})
+        cells = []
+        for name, group in groups.items():
+            cell = f"{one_line(name)} {group.get('running', '?')}/{group.get('wanted', '?')}"
+            if group.get("backlog"):
+                cell += f", {describe_backlog(group['backlog'])}"
+            if group.get("crash_looping"):
+                cell += ", crash-looping"
+            cells.append(cell)
+        used = entry.get("memory", {})
+        memory = format_bytes(used["total"]) if used.get("total") else "-"
+        if used.get("limit"):
+            memory += f" of {format_bytes(used['limit'])}"
+        published = entry.get("published")
+        rows.append((one_line(str(entry["pool_id"])), entry.get("state", "-"), "\n".join(cells) or "-", memory,
+                     entry.get("restarts", "-"), f"{now - published:.0f}s ago" if published else "-"))
+    print_table(f"{len(pools)} pool(s)", ("pool", "state", "groups: running/wanted, backlog", "memory",
+                                         "restarts", "updated"), rows)
 
 
 class PrefixedOutput:

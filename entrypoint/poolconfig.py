@@ -82,6 +82,7 @@ class PoolConfig(NamedTuple):
     memory_interval: float = 2.0  # seconds between two measurements of every worker's memory
     preload: tuple[str, ...] = ()  # modules the template imports once for every forked worker
     after_fork: str | None = None  # `module:function` called in each forked worker before its work
+    fleet: bool = True  # publish the pool's status to $REDIS_URL for `entrypoint --fleet`
 
     def to_plain(self) -> dict[str, Any]:
         """Built-in types only (marshal's), to cross a pipe from the process that read the file."""

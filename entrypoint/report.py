@@ -1,12 +1,20 @@
-"""What the pool reports: the rows of --status for every slot and for the preload template, as plain values."""
+"""What the pool reports: the rows of --status for every slot, every group and each helper process, as plain values."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Collection, Iterable, Mapping
 
+from entrypoint import monitoring
 from entrypoint.pool import SlotHistory, SlotKey, Worker
 from entrypoint.poolconfig import Group
 from entrypoint.preload import Setup, Template
+
+# Why a worker exited. The pool asked it to stop: `stopped` (in its grace) or `killed` (KILLed after
+# it); it was not asked: `exited` (status 0), `failed` (another status), `signaled` (a signal the
+# pool did not send: kill -9, the OOM killer). The last three are restarts.
+UNASKED_EXITS = ("exited", "failed", "signaled")
 
 
 def slot_rows(wanted: Mapping[str, tuple[Group, int]], desired: Mapping[str, tuple[Group, int]],
@@ -53,4 +61,54 @@ def template_row(template: Template | None, setup: Setup | None, history: SlotHi
         "restarts": history.restarts, "last_exit": history.last_exit,
         "memory": memory if template else None,
         "modules": list(setup.modules + setup.calls) if setup else [],
+    }
+
+
+def exit_reason(status: int, asked: bool) -> str:
+    """Why a worker with this wait status exited (see UNASKED_EXITS)."""
+    if asked:
+        return "killed" if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL else "stopped"
+    if os.WIFSIGNALED(status):
+        return "signaled"
+    return "exited" if os.waitstatus_to_exitcode(status) == 0 else "failed"
+
+
+def backlog_entry(reading: monitoring.Reading | None, now: float) -> dict | None:
+    """A group's backlog for --status: None when unknown (not an RQ group, or nothing read yet)."""
+    if reading is None:
+        return None
+    return {"waiting": reading.waiting, "oldest": reading.oldest, "age": round(now - reading.read_at, 1),
+            "stale": monitoring.stale(reading, now)}
+
+
+def group_entries(wanted: Mapping[str, tuple[Group, int]], workers: Iterable[Worker], looping: Collection[str],
+                  readings: Mapping[str, monitoring.Reading], now: float) -> dict[str, dict]:
+    """One entry per group: its workers running and wanted, whether it is crash-looping, its backlog."""
+    running: dict[str, int] = {}
+    for worker in workers:
+        if worker.stop_sent is None:
+            running[worker.group] = running.get(worker.group, 0) + 1
+    return {name: {"running": running.get(name, 0), "wanted": count, "crash_looping": name in looping,
+                   "backlog": backlog_entry(readings.get(name), now)}
+            for name, (_, count) in wanted.items()}
+
+
+def monitor_row(monitors: monitoring.Monitoring, memory: int, now: float) -> dict | None:
+    """The monitor process's row: None when the pool needs none."""
+    current = monitors.current
+    if current is None and monitors.setup is None:
+        return None
+    history = monitors.history
+    if current is not None:
+        state = "running"
+    elif history.not_before > now:
+        state = f"backoff {history.not_before - now:.0f}s"
+    else:
+        state = "starting"
+    return {
+        "pid": current.pid if current else None, "state": state,
+        "uptime": round(now - current.started, 1) if current else None,
+        "restarts": history.restarts, "last_exit": history.last_exit,
+        "memory": memory if current else None,
+        "error": monitors.error, "metrics": monitors.metrics,
     }

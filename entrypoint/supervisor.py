@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from entrypoint import memory, pool, preload, reaper, report
+from entrypoint import memory, monitoring, pool, preload, reaper, report
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
 from entrypoint.health import first_problem, looping_slots, memory_problem
@@ -39,6 +39,7 @@ class PoolOptions(NamedTuple):
     exit_on_crash_loop: bool
     memory: memory.MemoryLimit
     prefix_output: bool = False
+    metrics_port: int | None = None
 
 
 class Supervisor:
@@ -62,6 +63,10 @@ class Supervisor:
         self.templates = preload.Templates(env, log, self.backoff)
         self.desired = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
         self.output = PrefixedOutput() if options.prefix_output or config.prefix_output else None
+        self.monitoring = monitoring.Monitoring(env, log, self.backoff, self.output)
+        self.control_path: str | None = None  # the control socket, once it listens
+        self.started_at = time.time()
+        self.exits: dict[str, dict[str, int]] = {}  # group -> report.exit_reason -> count
         self.workers: dict[int, Worker] = {}
         self.history: dict[pool.SlotKey, SlotHistory] = {}
         self.reported_loops: set[str] = set()
@@ -84,7 +89,9 @@ class Supervisor:
     def run(self) -> int:
         inbox = prepare_process(self.log)
         control = self._open_control()
+        self.control_path = control.path if control else None
         self.log_startup()
+        self.configure_monitor()
         setup = preload.setup_for(self.config, self.env)
         if setup is not None:
             self.preloading = True
@@ -97,7 +104,7 @@ class Supervisor:
                 break
             timeout = self.seconds_to_next_wakeup(now)
             sources: list = [inbox, *([control] if control else []), *self.templates.listening(),
-                             *(self.output.fds() if self.output else [])]
+                             *self.monitoring.listening(), *(self.output.fds() if self.output else [])]
             ready, _, _ = select.select(sources, [], [], timeout)
             signals = inbox.read() if inbox in ready else []
             for received in signals:
@@ -108,6 +115,8 @@ class Supervisor:
                 elif isinstance(source, preload.Template):
                     for event in self.templates.read(source, time.monotonic()):
                         self.on_template_event(event)
+                elif isinstance(source, monitoring.Monitor):
+                    self.on_monitor_messages(source)
             if child_changed(signals):
                 self.on_children_exited(reaper.reap())
             if control is not None and control in ready:
@@ -118,6 +127,7 @@ class Supervisor:
         if control is not None:
             control.close()
         self.templates.close()
+        self.monitoring.close()
         inbox.close()
         self.log_shutdown()
         return self.exit_status
@@ -137,8 +147,11 @@ class Supervisor:
     def step(self, now: float) -> None:
         """Carry out what pool.plan decides, then KILL whoever outstayed its grace."""
         self.start_deferred = False
+        self.monitoring.kill_overdue(now)
         if self.templates.due_restart(now) and not self.stopping:
             self.start_template(self.templates.setup, candidate=False)
+        if self.monitoring.due_restart(now) and not self.stopping:
+            self.monitoring.start(now)
         for template in self.templates.hung(now):
             self.log.warning(f"template pid {template.pid} did not answer a fork request within "
                              f"{preload.FORK_TIMEOUT:g}s: KILL")
@@ -160,6 +173,7 @@ class Supervisor:
         moments = [
             pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now),
             self.templates.next_wakeup(),
+            self.monitoring.next_wakeup(),
             self.leftovers_deadline,
             self.memory.next_sample,
             self.last_spawn + self.config.spawn_delay if self.start_deferred else None,
@@ -171,8 +185,7 @@ class Supervisor:
 
     def check_memory(self, now: float) -> None:
         """Measure when due, then carry out the memory policy: recycle, resize, summarize."""
-        helpers = [t.pid for t in self.templates.alive()]
-        decisions = self.memory.check(now, self.config, self.desired, self.workers.values(), helpers,
+        decisions = self.memory.check(now, self.config, self.desired, self.workers.values(), self.helper_pids(),
                                       self.stopping)
         for decision in decisions:
             if isinstance(decision, Recycle):
@@ -183,7 +196,41 @@ class Supervisor:
                 self.desired[decision.group] = (spec, decision.count)
                 self.log.info(decision.reason)
             else:
-                self.log.info(decision)
+                backlog = monitoring.summary(self.monitoring.readings, now)
+                self.log.info(f"{decision}; {backlog}" if backlog else decision)
+
+    def helper_pids(self) -> list[int]:
+        """Our helper processes, whose memory is the pool's too: the preload templates and the monitor."""
+        return [t.pid for t in self.templates.alive()] + [m.pid for m in self.monitoring.alive()]
+
+    # -- the monitor ---------------------------------------------------------------------------
+
+    def configure_monitor(self) -> None:
+        """Start, tell or retire the monitor for the config now in force."""
+        setup = monitoring.setup_for(self.config, self.env, self.pool_id, self.options.metrics_port,
+                                     self.control_path)
+        self.monitoring.configure(setup, time.monotonic())
+        self.send_fleet_entry(time.monotonic())
+
+    def on_monitor_messages(self, monitor: monitoring.Monitor) -> None:
+        now = time.monotonic()
+        heard = self.monitoring.read(monitor, now)
+        for line in heard.warnings:
+            self.log.warning(line)
+        for line in heard.notes:
+            self.log.info(line)
+        if heard.ticked:
+            self.send_fleet_entry(now)
+
+    def send_fleet_entry(self, now: float) -> None:
+        """The numbers the monitor publishes next, as the pool knows them without measuring anything."""
+        if not self.monitoring.publishing():
+            return
+        state = "stopping" if self.stopping else "paused" if self.paused else "running"
+        self.monitoring.send({"fleet": monitoring.fleet_entry(
+            self.pool_id, self.started_at, state, self.group_entries(now),
+            self.memory.total(self.workers.values()), self.limit.bytes,
+            sum(h.restarts for h in self.history.values()))})
 
     # -- preloaded workers ---------------------------------------------------------------------
 
@@ -277,6 +324,7 @@ class Supervisor:
         self.exit_status = EXIT_CONFIG
         self.stopping = True
         self.stop_started = time.monotonic()
+        self.monitoring.retire(self.stop_started)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -350,14 +398,22 @@ class Supervisor:
                 self.on_worker_exit(worker, status, now)
                 continue
             template = self.templates.owner(pid)
+            monitor = self.monitoring.owner(pid)
             if template is not None:
                 self.on_template_exit(template, status, now)
+            elif monitor is not None:
+                line = self.monitoring.on_exit(monitor, status, now, self.random.random())
+                if line is not None and not self.stopping:
+                    self.log.warning(line)
             elif not self.templates.keep_unclaimed(pid, status, now):
                 self.log.debug(f"reaped orphan {pid} ({reaper.describe(status)})")
 
     def on_worker_exit(self, worker: Worker, status: int, now: float) -> None:
         lived = now - worker.started
         description = f"{reaper.describe(status)} after {lived:.1f}s"
+        reason = report.exit_reason(status, asked=worker.stop_sent is not None)
+        counts = self.exits.setdefault(worker.group, {})
+        counts[reason] = counts.get(reason, 0) + 1
         history = pool.after_exit(
             self.history.get(worker.key, SlotHistory()), lived,
             expected=worker.stop_sent is not None, now=now, backoff=self.backoff,
@@ -403,6 +459,7 @@ class Supervisor:
         self.pending_reload = None
         for template in self.templates.alive():
             self.templates.retire(template)  # no more forks; it exits when its channel closes
+        self.monitoring.retire(now)  # it takes the pool's fleet entry away as it goes
         skip_term = from_platform and self.options.stop.term_sent_to_all
         self.platform_sent_term = self.platform_sent_term or skip_term
         for worker in self.workers.values():
@@ -424,7 +481,7 @@ class Supervisor:
 
     def all_gone(self, now: float) -> bool:
         """Workers are gone; give their leftovers TERM, the grace, then KILL. True when none is left."""
-        if self.workers or self.templates.alive():
+        if self.workers or self.templates.alive() or self.monitoring.alive():
             return False
         leftovers = reaper.descendants()
         if not leftovers:
@@ -508,7 +565,8 @@ class Supervisor:
                 new[name] = (spec, max(spec.min_count, min(spec.max_count, old[1])))
         changes = pool.reload_diff(self.desired, new)
         self.config, self.desired = config, new
-        self.backoff = self.templates.backoff = Backoff.from_config(config)
+        self.backoff = self.templates.backoff = self.monitoring.backoff = Backoff.from_config(config)
+        self.configure_monitor()
         self.reported_loops.clear()
         self.paused = False
         self.log.info("reload: " + (", ".join(changes) if changes else "no change"))
@@ -544,41 +602,56 @@ class Supervisor:
     def status(self) -> dict:
         now = time.monotonic()
         # someone asked: fresh numbers are worth one walk over /proc
-        self.memory.measure(self.workers.values(), [t.pid for t in self.templates.alive()])
+        self.memory.measure(self.workers.values(), self.helper_pids())
         templates = self.templates
+        template_pss = sum(memory.read_pss(t.pid) or 0 for t in templates.alive())
+        monitor_pss = sum(memory.read_pss(m.pid) or 0 for m in self.monitoring.alive())
         return {
             "pool_id": self.pool_id, "manager_pid": os.getpid(),
             "stopping": self.stopping, "paused": self.paused,
             "workers": report.slot_rows(self.effective_desired(), self.desired, self.workers.values(),
                                         self.history, templates.starting(), now),
+            "groups": self.group_entries(now),
+            "exits": self.exits,
             "template": report.template_row(templates.current, templates.setup, templates.history,
-                                            self.memory.helpers_pss, now),
+                                            template_pss, now),
+            "monitor": report.monitor_row(self.monitoring, monitor_pss, now),
             "memory": {
                 "limit": self.limit.bytes, "limit_source": self.limit.source,
-                "manager": self.memory.manager_pss, "template": self.memory.helpers_pss,
+                "manager": self.memory.manager_pss, "template": template_pss, "monitor": monitor_pss,
                 "total": self.memory.total(self.workers.values()),
                 "oom_kills": self.memory.oom_kills(),
             },
         }
 
+    def group_entries(self, now: float) -> dict[str, dict]:
+        looping = {group for (group, _slot), _ in self.looping(now)}
+        return report.group_entries(self.effective_desired(), self.workers.values(), looping,
+                                    self.monitoring.readings, now)
+
+    def looping(self, now: float) -> list[tuple[pool.SlotKey, SlotHistory]]:
+        """Wanted slots still in a crash loop."""
+        counts = {name: count for name, (_, count) in self.effective_desired().items()}
+        uptimes = {w.key: now - w.started for w in self.workers.values() if w.stop_sent is None}
+        return looping_slots(counts, uptimes, self.history, self.backoff.reset_after)
+
     def health(self) -> dict:
         """--health: crash loops and memory from what the pool already knows (no walk over /proc)."""
         now = time.monotonic()
-        counts = {name: count for name, (_, count) in self.effective_desired().items()}
-        uptimes = {w.key: now - w.started for w in self.workers.values() if w.stop_sent is None}
         limit = self.limit
         usage_now = (memory.read_usage(limit.cgroup_version, limit.cgroup_dir)
                      if limit.bytes is not None and limit.cgroup_dir is not None and limit.cgroup_version is not None
                      else None)
         problem = first_problem(
             self.stopping,
-            looping_slots(counts, uptimes, self.history, self.backoff.reset_after),
+            self.looping(now),
             memory_problem(self.memory.total(self.workers.values()), limit.bytes,
                            memory.guard_fraction(self.config.memory_headroom),
                            usage_now),
         )
-        return {"healthy": problem is None, "problem": problem, "running": len(uptimes),
-                "wanted": sum(counts.values())}
+        return {"healthy": problem is None, "problem": problem,
+                "running": sum(1 for w in self.workers.values() if w.stop_sent is None),
+                "wanted": sum(count for _, count in self.effective_desired().values())}
 
     # -- output --------------------------------------------------------------------------------
 
