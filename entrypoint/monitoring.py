@@ -194,6 +194,7 @@ class Monitoring:
             if output is not None:
                 os.close(output)
         self.current = Monitor(child.pid, channel, now)
+        self.metrics = None  # until this one says where it serves them
         self.send(self.setup.message(), essential=True)
         what = [f"backlog of {', '.join(g.name for g in self.setup.groups)}"] if self.setup.groups else []
         what += ["the fleet entry"] if self.setup.fleet_url else []
@@ -262,7 +263,7 @@ class Monitoring:
                 self.readings[name] = updated(self.readings.get(name), int(found["waiting"]),
                                               found.get("oldest"), now)
         error = message.get("error")
-        if error and error != self.error:
+        if error and not self.error:
             heard.warnings.append(f"monitor: {error}; the backlog shown is the last one read")
         elif self.error and not error:
             heard.notes.append("monitor: Redis answers again")
