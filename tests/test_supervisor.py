@@ -422,7 +422,7 @@ def test_status_json_and_scale_and_reload_over_the_socket(runner, tmp_path):
     assert [(r["group"], r["slot"], r["state"]) for r in rows] == [("a", 1, "running")]
     table = runner.run([*control, "--status"])
     cells = [[cell.strip() for cell in line.split("\u2502")] for line in table.stdout.splitlines()]
-    assert [row[:4] for row in cells if len(row) == 8 and row[0] != "group"] == [
+    assert [row[:4] for row in cells if len(row) == 9 and row[0] != "group"] == [
         ["a", "1", str(rows[0]["pid"]), "running"]], table.stdout
     assert "memory: " in table.stdout and "in all, the manager" in table.stdout
     assert rows_memory(status.stdout), "every running worker's memory is shown"
