@@ -202,8 +202,6 @@ def test_deployment_env_names_are_ones_the_image_reads():
                                cwd=ROOT, timeout=30, env=base_env()).stdout
     config_text = Path(image.host_env()["POOL_CONFIG"]).read_text()
     for name in env:
-        if name == "METRICS_PORT":
-            continue  # the metrics endpoint, when enabled (see deployment.yaml)
         assert (re.search(rf"^\s+{name}\b", help_text, re.MULTILINE)
                 or f"${{{name}" in config_text), f"{name}: neither entrypoint nor the example's config reads it"
     assert "POOL_CONFIG" not in env or env["POOL_CONFIG"] == image.env["POOL_CONFIG"]
