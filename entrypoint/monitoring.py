@@ -18,6 +18,7 @@ from typing import NamedTuple
 from entrypoint import channel as link
 from entrypoint import pool, reaper
 from entrypoint.console import Log, PrefixedOutput
+from entrypoint.elastic import Backlog
 from entrypoint.pool import Backoff, SlotHistory
 from entrypoint.poolconfig import PoolConfig
 from entrypoint.rqworker import rq_worker_url
@@ -105,6 +106,13 @@ def updated(before: Reading | None, waiting: int, oldest: float | None, now: flo
 
 def stale(reading: Reading, now: float) -> bool:
     return now - reading.read_at > STALE_AFTER
+
+
+def for_elastic(readings: Mapping[str, Reading], now: float) -> dict[str, Backlog]:
+    """The readings as elastic.plan takes them. A stale one is left out: a group's backlog is then
+    unknown, and no slot moves on numbers Redis can no longer confirm."""
+    return {name: Backlog(r.waiting, r.oldest, r.read_at if r.since is None else r.since)
+            for name, r in readings.items() if not stale(r, now)}
 
 
 def summary(readings: Mapping[str, Reading], now: float) -> str | None:

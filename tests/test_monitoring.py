@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from entrypoint import monitoring, report
 from entrypoint.config import load_config
+from entrypoint.elastic import Backlog
 from entrypoint.metrics import families
 from entrypoint.monitor import enqueued_at, queue_names, server_of
 from entrypoint.pool import Worker
@@ -146,6 +147,14 @@ def test_a_reading_goes_stale_after_a_few_missed_rounds_and_says_how_old_it_is()
                                                    "age": monitoring.STALE_AFTER, "stale": False}
     assert report.backlog_entry(reading, edge + 0.5)["stale"] is True
     assert report.backlog_entry(None, edge) is None
+
+
+def test_elastic_slots_see_fresh_backlogs_only():
+    readings = {"busy": monitoring.Reading(9, 20.0, read_at=100.0, since=95.0),
+                "idle": monitoring.Reading(0, None, read_at=100.0, since=None),
+                "unreachable": monitoring.Reading(50, 90.0, read_at=80.0, since=10.0)}
+    assert monitoring.for_elastic(readings, now=101.0) == {"busy": Backlog(9, 20.0, 95.0),
+                                                           "idle": Backlog(0, None, 100.0)}
 
 
 def test_the_minute_summary_names_each_groups_backlog_and_marks_stale_ones():
