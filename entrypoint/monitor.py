@@ -15,6 +15,7 @@ import json
 import os
 import select
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -105,7 +106,7 @@ def read_backlog(client: redis.Redis, groups: Mapping[str, Sequence[str]], now: 
 class Monitor:
     """The loop: one reading per interval, the manager's messages in between."""
 
-    def __init__(self, channel, env: Mapping[str, str]) -> None:
+    def __init__(self, channel: socket.socket, env: Mapping[str, str]) -> None:
         self.channel = channel
         self.env = env
         self.clients: dict[str, redis.Redis] = {}

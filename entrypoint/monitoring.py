@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -135,7 +136,7 @@ class Monitor:
 
     __slots__ = ("channel", "closed", "kill_at", "pid", "started")
 
-    def __init__(self, pid: int, channel, started: float) -> None:
+    def __init__(self, pid: int, channel: socket.socket, started: float) -> None:
         self.pid = pid
         self.channel = channel
         self.started = started

@@ -207,10 +207,11 @@ class Supervisor:
 
     def configure_monitor(self) -> None:
         """Start, tell or retire the monitor for the config now in force."""
+        now = time.monotonic()
         setup = monitoring.setup_for(self.config, self.env, self.pool_id, self.options.metrics_port,
                                      self.control_path)
-        self.monitoring.configure(setup, time.monotonic())
-        self.send_fleet_entry(time.monotonic())
+        self.monitoring.configure(setup, now)
+        self.send_fleet_entry(now)
 
     def on_monitor_messages(self, monitor: monitoring.Monitor) -> None:
         now = time.monotonic()
