@@ -206,17 +206,14 @@ def steer_pool(args: Options, env: Mapping[str, str]) -> int:
 
 def show_fleet(env: Mapping[str, str], *, as_json: bool) -> int:
     """--fleet: every pool publishing to $REDIS_URL, read there (redis-py: this is a client, not PID 1)."""
-    url = env.get("REDIS_URL")
-    if not url:
+    if not env.get("REDIS_URL"):
         raise UsageError("--fleet: REDIS_URL is not set: it names the Redis every pool publishes to")
+    from entrypoint.console import print_fleet
     from entrypoint.fleet import FleetError, read_fleet
 
     try:
-        pools = read_fleet(url, env)
+        print_fleet(read_fleet(env["REDIS_URL"], env), as_json=as_json)
     except FleetError as error:
         Log().error(str(error))
         return EXIT_NO_POOL
-    from entrypoint.console import print_fleet
-
-    print_fleet(pools, as_json=as_json)
     return 0
