@@ -7,17 +7,16 @@ import datetime
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 from conftest import ROOT, Runner, marked_processes, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis_fixture import free_port, redis_server, start_redis, stop_redis  # noqa: F401 - a fixture
 from rq import Queue
+from test_supervisor import Pool
 
 from entrypoint.control import request
 from entrypoint.monitor import FLEET_PREFIX
@@ -28,21 +27,21 @@ SLEEPERS = "sleepers:\n  count: 2\n  command: sleep 1000\n"
 MARGIN = 3.0
 
 
-class MonitoredPool:
-    """A pool (PID 1 of its own namespace when asked) with a control socket of its own."""
+class MonitoredPool(Pool):
+    """test_supervisor's Pool with its file as written: a group with no command runs RQ's worker."""
 
-    def __init__(self, runner: Runner, tmp_path: Path, name: str, config: str, *args: str,
-                 namespace: bool = False, **env: str) -> None:
-        self.socket = str(tmp_path / f"{name}.sock")
-        path = tmp_path / f"{name}.yml"
-        path.write_text(config)
-        self.process = runner.start(["-v", "--socket", self.socket, "--config", str(path), *args],
-                                    env=runner.env(**env), namespace=namespace)
-        self.init_pid = runner.init_pid(self.process) if namespace else self.process.pid
+    def __init__(self, runner: Runner, directory: Path, config: str, *args: str, namespace: bool = False,
+                 **env: str) -> None:
+        directory.mkdir(exist_ok=True)
+        super().__init__(runner, directory, config, "--config", str(directory / "pool.yml"), *args,
+                         namespace=namespace, **env)
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text(text)
 
     def status(self) -> dict | None:
         try:
-            return request(self.socket, {"command": "status"})
+            return super().status()
         except OSError:
             return None
 
@@ -51,13 +50,10 @@ class MonitoredPool:
                         timeout, what)
 
     def stop(self) -> str:
-        os.kill(self.init_pid, signal.SIGTERM)
-        try:
-            out, err = self.process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the pool did not stop within 20s")
-        assert self.process.returncode == 0, out + err
-        return out + err
+        self.kill(signal.SIGTERM)
+        code, output = self.finish()
+        assert code == 0, output
+        return output
 
 
 def running(status: dict) -> dict[str, int]:
@@ -88,7 +84,7 @@ def test_backlog_counts_every_waiting_job_of_a_groups_queues_and_the_oldests_age
     enqueue(redis_server, "r", 2)
     enqueue(redis_server, "elsewhere", 1)
     config = 'q: 0\n"q,r": 0\n"*": 0\n' + SLEEPERS
-    pool = MonitoredPool(runner, tmp_path, "pool", config, REDIS_URL=redis_server)
+    pool = MonitoredPool(runner, tmp_path / "pool", config, REDIS_URL=redis_server)
     status = pool.wait(lambda s: all(backlog(s, g) for g in ("q", "q,r", "*")), "every RQ group's backlog")
     q, both, every = (backlog(status, g) for g in ("q", "q,r", "*"))
     assert (q["waiting"], both["waiting"], every["waiting"]) == (3, 5, 6)
@@ -105,7 +101,7 @@ def test_a_redis_outage_changes_nothing_in_the_pool_but_the_staleness_mark(runne
     redis, url = start_redis(tmp_path)
     try:
         enqueue(url, "q", 4)
-        pool = MonitoredPool(runner, tmp_path, "pool", "q: 0\n" + SLEEPERS, REDIS_URL=url)
+        pool = MonitoredPool(runner, tmp_path / "pool", "q: 0\n" + SLEEPERS, REDIS_URL=url)
         before = pool.wait(lambda s: len(running(s)) == 2 and backlog(s, "q") and s["monitor"]["pid"],
                            "two sleepers and the backlog")
         assert backlog(before, "q")["waiting"] == 4
@@ -152,8 +148,8 @@ def fleet(runner: Runner, url: str) -> dict[str, dict]:
 def test_every_pool_on_one_redis_is_in_the_fleet_until_it_stops_or_its_entry_expires(runner, tmp_path,
                                                                                         redis_server):  # noqa: F811
     secret = "s3cret-value-of-an-env-variable"
-    first = MonitoredPool(runner, tmp_path, "first", "q: 0\n" + SLEEPERS, REDIS_URL=redis_server, API_TOKEN=secret)
-    second = MonitoredPool(runner, tmp_path, "second", SLEEPERS, namespace=True, REDIS_URL=redis_server,
+    first = MonitoredPool(runner, tmp_path / "first", "q: 0\n" + SLEEPERS, REDIS_URL=redis_server, API_TOKEN=secret)
+    second = MonitoredPool(runner, tmp_path / "second", SLEEPERS, namespace=True, REDIS_URL=redis_server,
                            API_TOKEN=secret)
     ids = [pool.wait(lambda s: len(running(s)) == 2, "two sleepers")["pool_id"] for pool in (first, second)]
     assert ids[1].endswith(":1"), "the second pool is PID 1 of its namespace"
@@ -170,8 +166,8 @@ def test_every_pool_on_one_redis_is_in_the_fleet_until_it_stops_or_its_entry_exp
     assert set(fleet(runner, redis_server)) == {ids[1]}, "a pool that stops takes its entry with it"
     # The whole namespace dies at once, as with a node lost: its monitor, frozen first, gets no chance
     # to see the manager's channel close (which it would answer by taking the entry away).
-    os.kill(host_pid(runner, second.status()["monitor"]["pid"]), signal.SIGSTOP)
-    os.kill(second.init_pid, signal.SIGKILL)
+    os.kill(second.host_pid(second.status()["monitor"]["pid"]), signal.SIGSTOP)
+    os.kill(second.pid, signal.SIGKILL)
     second.process.communicate(timeout=10)
     killed = time.monotonic()
     assert set(fleet(runner, redis_server)) == {ids[1]}, "only its time-to-live ends it"
@@ -189,7 +185,7 @@ def test_fleet_without_a_reachable_redis_is_one_line_and_exit_4(runner):
 
 
 def test_pool_fleet_false_publishes_nothing(runner, tmp_path, redis_server):  # noqa: F811
-    pool = MonitoredPool(runner, tmp_path, "pool", "q: 0\npool:\n  fleet: false\n", REDIS_URL=redis_server)
+    pool = MonitoredPool(runner, tmp_path / "pool", "q: 0\npool:\n  fleet: false\n", REDIS_URL=redis_server)
     pool.wait(lambda s: backlog(s, "q") and backlog(s, "q")["age"] >= INTERVAL, "two rounds of the monitor")
     assert fleet(runner, redis_server) == {}
     pool.stop()
@@ -208,7 +204,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 def test_the_metrics_endpoint_says_what_status_says(runner, tmp_path, redis_server):  # noqa: F811
     enqueue(redis_server, "q", 5)
     port = free_port()
-    pool = MonitoredPool(runner, tmp_path, "pool", "q: 0\n" + SLEEPERS, "--metrics-port", str(port),
+    pool = MonitoredPool(runner, tmp_path / "pool", "q: 0\n" + SLEEPERS, "--metrics-port", str(port),
                          REDIS_URL=redis_server)
     first = pool.wait(lambda s: len(running(s)) == 2 and backlog(s, "q"), "two sleepers and the backlog")
     os.kill(running(first)["sleepers.1"], signal.SIGKILL)
@@ -267,7 +263,7 @@ def test_metrics_are_off_by_default_no_port_and_no_prometheus_client_anywhere(ru
     (tripwire / "prometheus_client" / "__init__.py").write_text(
         f"import os\nopen({str(marks)!r}, 'a').write(f'{{os.getpid()}}\\n')\n")
     env = {"REDIS_URL": redis_server, "PYTHONPATH": f"{tripwire}:{ROOT}"}
-    pool = MonitoredPool(runner, tmp_path, "pool", "q: 0\n" + SLEEPERS, **env)
+    pool = MonitoredPool(runner, tmp_path / "pool", "q: 0\n" + SLEEPERS, **env)
     status = pool.wait(lambda s: len(running(s)) == 2 and backlog(s, "q"), "two sleepers and the backlog")
     ours = [pid for pid, state in marked_processes(runner.mark) if state != "Z"]
     assert status["monitor"]["pid"] in ours
@@ -277,7 +273,7 @@ def test_metrics_are_off_by_default_no_port_and_no_prometheus_client_anywhere(ru
     pool.stop()
     # the tripwire does fire when a port is set
     port = free_port()
-    pool = MonitoredPool(runner, tmp_path, "pool", "q: 0\n", "--metrics-port", str(port), **env)
+    pool = MonitoredPool(runner, tmp_path / "pool", "q: 0\n", "--metrics-port", str(port), **env)
     status = pool.wait(lambda s: s["monitor"]["metrics"], "the monitor's word on metrics")
     assert marks.read_text() == f"{status['monitor']['pid']}\n"
     assert "prometheus_client" in status["monitor"]["metrics"], "our stand-in has no start_http_server"
@@ -290,7 +286,7 @@ def test_metrics_are_off_by_default_no_port_and_no_prometheus_client_anywhere(ru
 def test_pid_1_never_imports_redis_or_prometheus_client_and_a_killed_monitor_is_replaced(runner, tmp_path,
                                                                                           redis_server):  # noqa: F811
     port = free_port()
-    pool = MonitoredPool(runner, tmp_path, "pool", "q: 0\n" + SLEEPERS, "--metrics-port", str(port),
+    pool = MonitoredPool(runner, tmp_path / "pool", "q: 0\n" + SLEEPERS, "--metrics-port", str(port),
                          namespace=True, REDIS_URL=redis_server)
     before = pool.wait(lambda s: len(running(s)) == 2 and backlog(s, "q") and s["monitor"]["metrics"],
                        "two sleepers, the backlog and the metrics")
@@ -299,7 +295,7 @@ def test_pid_1_never_imports_redis_or_prometheus_client_and_a_killed_monitor_is_
     assert "entrypoint.monitoring" in modules, "asked the wrong process"
     heavy = [name for name in modules if name.split(".")[0] in ("redis", "prometheus_client", "rq", "rich")]
     assert heavy == []
-    monitor = host_pid(runner, before["monitor"]["pid"])
+    monitor = pool.host_pid(before["monitor"]["pid"])
     os.kill(monitor, signal.SIGKILL)
     after = pool.wait(lambda s: s["monitor"]["pid"] not in (None, before["monitor"]["pid"])
                       and s["monitor"]["metrics"] and s["monitor"]["state"] == "running",
@@ -312,15 +308,3 @@ def test_pid_1_never_imports_redis_or_prometheus_client_and_a_killed_monitor_is_
     assert f"monitor pid {before['monitor']['pid']} killed by SIGKILL" in output
     assert "workers are not affected; a new monitor now" in output
 
-
-def host_pid(runner: Runner, pid: int) -> int:
-    """Our pid for a process the namespaced pool reports by its namespace pid."""
-    for host, _state in marked_processes(runner.mark):
-        try:
-            status = Path(f"/proc/{host}/status").read_text()
-        except OSError:
-            continue
-        levels = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[1:]
-        if len(levels) > 1 and int(levels[-1]) == pid:
-            return host
-    pytest.fail(f"no process of this test is pid {pid} in the pool's namespace")
