@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import ROOT, Runner, marked_processes, wait_for
+from conftest import ROOT, Runner, marked_processes, process_state, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis_fixture import free_port, redis_server, start_redis, stop_redis  # noqa: F401 - a fixture
@@ -188,6 +188,26 @@ def test_pool_fleet_false_publishes_nothing(runner, tmp_path, redis_server):  # 
     pool = MonitoredPool(runner, tmp_path / "pool", "q: 0\npool:\n  fleet: false\n", REDIS_URL=redis_server)
     pool.wait(lambda s: backlog(s, "q") and backlog(s, "q")["age"] >= INTERVAL, "two rounds of the monitor")
     assert fleet(runner, redis_server) == {}
+    pool.stop()
+
+
+def test_a_reload_tells_the_running_monitor_and_retires_it_when_nothing_is_left_to_do(runner, tmp_path,
+                                                                                       redis_server):  # noqa: F811
+    enqueue(redis_server, "r", 2)
+    pool = MonitoredPool(runner, tmp_path / "pool", "q: 0\n", REDIS_URL=redis_server)
+    before = pool.wait(lambda s: backlog(s, "q"), "q's backlog")
+    assert set(fleet(runner, redis_server)) == {before["pool_id"]}
+    pool.write_config("r: 0\npool:\n  fleet: false\n")
+    pool.kill(signal.SIGHUP)
+    after = pool.wait(lambda s: "r" in s["groups"] and backlog(s, "r"), "r's backlog")
+    assert "q" not in after["groups"] and backlog(after, "r")["waiting"] == 2
+    assert after["monitor"]["pid"] == before["monitor"]["pid"], "told, not replaced"
+    wait_for(lambda: fleet(runner, redis_server) == {}, INTERVAL + MARGIN, "pool.fleet: false to take the entry away")
+    pool.write_config(SLEEPERS + "pool:\n  fleet: false\n")  # no RQ group, no fleet, no metrics port
+    pool.kill(signal.SIGHUP)
+    pool.wait(lambda s: s["monitor"] is None and len(running(s)) == 2, "the monitor retired")
+    monitor = pool.host_pid(before["monitor"]["pid"])
+    wait_for(lambda: process_state(monitor) is None, MARGIN, "the retired monitor to exit")
     pool.stop()
 
 
