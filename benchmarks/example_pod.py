@@ -3,10 +3,10 @@
     python3 benchmarks/example_pod.py [--limit-mb 512] [--seconds 90]
 
 Runs the pool as k8s/deployment.yaml does (example/pool.yml, WORKER_CONCURRENCY=auto,
-WELCOME_EMAIL_WORKERS=2) in a fresh cgroup v1 memory group with that limit, against a private
+WELCOME_EMAIL_WORKERS=2, metrics on) in a fresh cgroup v1 memory group with that limit, against a private
 redis-server, while example jobs keep both queues busy (so RQ's work-horses count in each worker's
 peak). After a warm-up third it reports each group's worker count (the most frequent, and the
-range), the largest worker's PSS seen, the manager's PSS, the cgroup's peak and OOM kills: the
+range), the largest worker's PSS seen, the manager's and the monitor's PSS, the cgroup's peak and OOM kills: the
 workers per pod that k8s/keda.yaml's listLength must match, and tests/test_k8s.py's figures.
 """
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from memory_auto import own_memory_cgroup  # noqa: E402
-from redis_fixture import start_redis  # noqa: E402
+from redis_fixture import free_port, start_redis  # noqa: E402
 
 from entrypoint.control import request  # noqa: E402
 
@@ -44,12 +44,13 @@ def measure(limit_mb: int, seconds: float) -> dict:
         redis, url = start_redis(Path(work))
         socket = str(Path(work) / "pool.sock")
         env = {k: v for k, v in os.environ.items() if k not in ("DYNO", "TERM_TIMEOUT", "MEMORY_LIMIT")}
-        env.update(POD_ENV, REDIS_URL=url, POOL_CONFIG=str(ROOT / "example" / "pool.yml"), PYTHONPATH=str(ROOT))
+        env.update(POD_ENV, REDIS_URL=url, POOL_CONFIG=str(ROOT / "example" / "pool.yml"), PYTHONPATH=str(ROOT),
+                   METRICS_PORT=str(free_port()))  # the deployment's METRICS_PORT, on a port free here
         join = f"echo $$ > {group / 'cgroup.procs'} && exec {sys.executable} -m entrypoint --socket {socket}"
         pool = subprocess.Popen(["sh", "-c", join], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-        largest = manager = 0
+        largest = manager = monitor = 0
         started = time.monotonic()
         try:
             while (elapsed := time.monotonic() - started) < seconds:
@@ -67,6 +68,7 @@ def measure(limit_mb: int, seconds: float) -> dict:
                     counts[name][count] += 1
                 largest = max([largest, *(w["memory"] or 0 for w in status["workers"])])
                 manager = max(manager, status["memory"]["manager"])
+                monitor = max(monitor, status["memory"]["monitor"])
         finally:
             os.killpg(pool.pid, signal.SIGTERM)
             pool.wait(timeout=60)
@@ -78,7 +80,7 @@ def measure(limit_mb: int, seconds: float) -> dict:
         os.kill(int(pid), signal.SIGKILL)
     time.sleep(0.5)
     group.rmdir()
-    return {"counts": counts, "largest": largest, "manager": manager, "peak": peak,
+    return {"counts": counts, "largest": largest, "manager": manager, "monitor": monitor, "peak": peak,
             "oom_kills": int(oom.get("oom_kill", 0))}
 
 
@@ -91,7 +93,8 @@ def main() -> int:
     print(f"example pool in {args.limit_mb} MiB, {POD_ENV}:")
     for name, seen in sorted(result["counts"].items()):
         print(f"  {name}: {seen.most_common(1)[0][0]} workers (seen {min(seen)}-{max(seen)})")
-    print(f"  largest worker {result['largest'] / MIB:.1f} MiB PSS, manager {result['manager'] / MIB:.1f} MiB; "
+    print(f"  largest worker {result['largest'] / MIB:.1f} MiB PSS, manager {result['manager'] / MIB:.1f} MiB, "
+          f"monitor {result['monitor'] / MIB:.1f} MiB; "
           f"cgroup peak {result['peak'] / MIB:.0f} / {args.limit_mb} MiB; OOM kills {result['oom_kills']}")
     return 0
 

@@ -103,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             mark_inherited_descriptors_cloexec()
             return Init(invocation.command, options, env, log).run()
+        if args.fleet:
+            return show_fleet(env, as_json=args.json)
         if args.status or args.health or args.scale is not None or args.reload:
             return steer_pool(args, env)
         return run_pool(args, log)
@@ -144,6 +146,7 @@ def run_pool(args: Options, log: Log) -> int:
         return 0
     from entrypoint.console import PoolLog
     from entrypoint.control import default_socket_path
+    from entrypoint.monitoring import parse_port
     from entrypoint.spawn import mark_inherited_descriptors_cloexec
     from entrypoint.supervisor import PoolOptions, Supervisor
 
@@ -156,6 +159,7 @@ def run_pool(args: Options, log: Log) -> int:
         exit_on_crash_loop=bool(crash_loop_exit or config.exit_on_crash_loop),
         memory=memory_limit(args, config),
         prefix_output=bool(args.prefix),
+        metrics_port=_from(args.metrics_port, os.environ, "METRICS_PORT", "--metrics-port", parse_port),
     )
     mark_inherited_descriptors_cloexec()
     return Supervisor(config, options, os.environ, PoolLog(args.verbose), load).run()
@@ -205,4 +209,19 @@ def steer_pool(args: Options, env: Mapping[str, str]) -> int:
     from entrypoint.console import print_reply
 
     print_reply(payload["command"], reply, as_json=args.json)
+    return 0
+
+
+def show_fleet(env: Mapping[str, str], *, as_json: bool) -> int:
+    """--fleet: every pool publishing to $REDIS_URL, read there (redis-py: this is a client, not PID 1)."""
+    if not env.get("REDIS_URL"):
+        raise UsageError("--fleet: REDIS_URL is not set: it names the Redis every pool publishes to")
+    from entrypoint.console import print_fleet
+    from entrypoint.fleet import FleetError, read_fleet
+
+    try:
+        print_fleet(read_fleet(env["REDIS_URL"], env), as_json=as_json)
+    except FleetError as error:
+        Log().error(str(error))
+        return EXIT_NO_POOL
     return 0

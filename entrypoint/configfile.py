@@ -33,6 +33,7 @@ _POOL_KEYS = (
     "env",
     "exit_on_crash_loop",
     "grow_after",
+    "fleet",
     "max_memory",
     "max_workers",
     "memory_headroom",

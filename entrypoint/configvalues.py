@@ -144,6 +144,7 @@ POOL_SETTINGS: dict[str, Callable[[str], object]] = {
     "elastic": elastic_total,
     "grow_after": seconds,
     "shrink_after": seconds,
+    "fleet": flag,
 }
 
 

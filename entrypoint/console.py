@@ -158,15 +158,15 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
         return
     from entrypoint.memory import format_bytes
 
-    template = reply.get("template")
     job = {True: "busy", False: "idle"}
-    # The template's row first, marked so no queue name can be mistaken for it.
+    # Helpers' rows first, marked so no queue name can be mistaken for them.
+    helpers = [{**row, "group": f"({name})", "slot": row.get("generation") or "-"}
+               for name in ("template", "monitor") if (row := reply.get(name))]
     rows = [
         (w["group"], w["slot"], w["pid"] or "-", w["state"], job.get(w.get("busy"), "-"),
          f"{w['uptime']:.0f}s" if w["uptime"] is not None else "-", w["restarts"],
          w["last_exit"] or "-", format_bytes(w["memory"]) if w["memory"] else "-")
-        for w in ([{**template, "group": "(template)", "slot": template["generation"] or "-"}] if template else [])
-        + reply["workers"]
+        for w in helpers + reply["workers"]
     ]
     title = f"pool {reply['pool_id']} (manager pid {reply['manager_pid']})"
     if reply.get("stopping"):
@@ -174,17 +174,64 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
     elif reply.get("paused"):
         title += ": paused (WINCH; HUP resumes)"
     print_table(title, ("group", "slot", "pid", "state", "job", "uptime", "restarts", "last exit", "memory"), rows)
-    print_table("groups", ("group", "workers", "busy", "busy 1 min", "busy 5 min", "memory", "elastic"),
+    print_table("groups", ("group", "workers", "busy", "busy 1 min", "busy 5 min", "backlog", "memory", "elastic"),
                 [group_row(name, group) for name, group in reply.get("groups", {}).items()])
     used = reply["memory"]
     limit = f"of {format_bytes(used['limit'])} from {used['limit_source']}" if used["limit"] else "no limit known"
-    template_memory = f", the template {format_bytes(used['template'])}" if used.get("template") else ""
+    helpers_memory = "".join(f", the {name} {format_bytes(used[name])}" for name in ("template", "monitor")
+                             if used.get(name))
     print(f"memory: {format_bytes(used['total'])} in all, the manager {format_bytes(used['manager'])}"
-          f"{template_memory}; {limit}")
+          f"{helpers_memory}; {limit}")
+    monitor = reply.get("monitor")
+    for line in (monitor or {}).get("error"), (monitor or {}).get("metrics"):
+        if line:
+            print(f"monitor: {one_line(line)}")
+
+
+def describe_backlog(backlog: dict) -> str:
+    """`412 waiting, oldest 40s`, and how old the reading is once it is stale."""
+    text = f"{backlog['waiting']} waiting"
+    if backlog.get("oldest") is not None:
+        text += f", oldest {backlog['oldest']:.0f}s"
+    if backlog.get("stale"):
+        text += f" (stale: read {backlog['age']:.0f}s ago)"
+    return text
+
+
+def print_fleet(pools: list[dict], *, as_json: bool) -> None:
+    """--fleet: one row per pool, its groups in one cell."""
+    import json
+
+    if as_json:
+        print(json.dumps(pools, indent=2))
+        return
+    from entrypoint.memory import format_bytes
+
+    now = time.time()
+    rows = []
+    for entry in pools:
+        groups = entry.get("groups", {})
+        cells = []
+        for name, group in groups.items():
+            cell = f"{one_line(name)} {group.get('running', '?')}/{group.get('wanted', '?')}"
+            if group.get("backlog"):
+                cell += f", {describe_backlog(group['backlog'])}"
+            if group.get("crash_looping"):
+                cell += ", crash-looping"
+            cells.append(cell)
+        used = entry.get("memory", {})
+        memory = format_bytes(used["total"]) if used.get("total") else "-"
+        if used.get("limit"):
+            memory += f" of {format_bytes(used['limit'])}"
+        published = entry.get("published")
+        rows.append((one_line(str(entry["pool_id"])), entry.get("state", "-"), "\n".join(cells) or "-", memory,
+                     entry.get("restarts", "-"), f"{now - published:.0f}s ago" if published else "-"))
+    print_table(f"{len(pools)} pool(s)", ("pool", "state", "groups: running/wanted, backlog", "memory",
+                                         "restarts", "updated"), rows)
 
 
 def group_row(name: str, group: dict) -> tuple:
-    """A --status groups line: workers, busy now and over time, memory, elastic bounds."""
+    """A --status groups line: workers, busy now and over time, backlog, memory, elastic bounds."""
     from entrypoint.memory import format_bytes
 
     shares = group["utilization"] or {}
@@ -193,9 +240,10 @@ def group_row(name: str, group: dict) -> tuple:
         share = shares.get(label)
         return "-" if share is None else f"{100 * share:.0f}%"
 
-    bounds = group["elastic"]
+    bounds, backlog = group["elastic"], group["backlog"]
     return (name, f"{group['running']}/{group['wanted']}", "-" if group["busy"] is None else group["busy"],
-            percent("1m"), percent("5m"), format_bytes(group["memory"]) if group["memory"] else "-",
+            percent("1m"), percent("5m"), describe_backlog(backlog) if backlog else "-",
+            format_bytes(group["memory"]) if group["memory"] else "-",
             f"{bounds['min']}-{bounds['max']}" if bounds else "-")
 
 

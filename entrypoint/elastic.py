@@ -30,12 +30,6 @@ class Backlog(NamedTuple):
     since: float  # when the queues last went from empty to not empty (pool's clock)
 
 
-def track(before: Backlog | None, waiting: int, oldest: float | None, now: float) -> Backlog:
-    """A new reading of a group's queues; `since` stays while jobs keep waiting."""
-    since = before.since if before is not None and before.waiting and waiting else now
-    return Backlog(waiting, oldest, since)
-
-
 class Elastic(NamedTuple):
     """An elastic group: its bounds, its count now, its slots, its backlog (None: unknown)."""
 

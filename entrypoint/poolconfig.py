@@ -89,6 +89,7 @@ class PoolConfig(NamedTuple):
     elastic: int | None = None  # workers the elastic groups share; ELASTIC_AUTO: what memory allows
     grow_after: float = 3.0  # seconds a backlog lasts before its elastic group grows
     shrink_after: float = 30.0  # seconds a worker is idle before its elastic slot can go
+    fleet: bool = True  # publish the pool's status to $REDIS_URL for `entrypoint --fleet`
 
     def to_plain(self) -> dict[str, Any]:
         """Built-in types only (marshal's), to cross a pipe from the process that read the file."""

@@ -1,12 +1,20 @@
-"""What the pool reports: the rows of --status for every slot and for the preload template, as plain values."""
+"""What the pool reports: the rows of --status for every slot, every group and each helper process, as plain values."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Collection, Iterable, Mapping
 
+from entrypoint import monitoring
 from entrypoint.pool import SlotHistory, SlotKey, Worker
 from entrypoint.poolconfig import Group
 from entrypoint.preload import Setup, Template
+
+# Why a worker exited. The pool asked it to stop: `stopped` (in its grace) or `killed` (KILLed after
+# it); it was not asked: `exited` (status 0), `failed` (another status), `signaled` (a signal the
+# pool did not send: kill -9, the OOM killer). The last three are restarts.
+UNASKED_EXITS = ("exited", "failed", "signaled")
 
 
 def slot_rows(wanted: Mapping[str, tuple[Group, int]], desired: Mapping[str, tuple[Group, int]],
@@ -34,30 +42,6 @@ def slot_rows(wanted: Mapping[str, tuple[Group, int]], desired: Mapping[str, tup
             "forked": spec.forked,
             "busy": worker.busy if worker else None,
         })
-    return rows
-
-
-def group_rows(desired: Mapping[str, tuple[Group, int]], workers: Iterable[Worker],
-               shares: Callable[[str], dict[str, float | None] | None]) -> dict[str, dict]:
-    """Per group: workers wanted and running, how many are busy now and their share of busy time
-    (None where the command cannot tell), memory, and an elastic group's bounds."""
-    running: dict[str, list[Worker]] = {}
-    for worker in workers:
-        if worker.stop_sent is None:
-            running.setdefault(worker.group, []).append(worker)
-    rows = {}
-    for name, (spec, count) in desired.items():
-        mine = running.get(name, [])
-        utilization = shares(name)
-        rows[name] = {
-            "wanted": count, "running": len(mine),
-            "busy": sum(bool(w.busy) for w in mine) if utilization is not None else None,
-            "utilization": utilization,
-            "memory": sum(w.pss or 0 for w in mine),
-            "elastic": {"min": spec.min_count, "max": spec.max_count} if spec.elastic else None,
-            # what its workers run: a command line (exec'd, or run in a fork of the template), or a callable
-            "command": list(spec.argv) if spec.call is None else None, "call": spec.call, "forked": spec.forked,
-        }
     return rows
 
 
@@ -92,3 +76,68 @@ def work_line(groups: Mapping[str, dict]) -> str | None:
                          for label, share in shares.items() if share is not None)
         parts.append(f"{name} {group['busy']}/{group['running']} busy" + (f" ({over})" if over else ""))
     return "work: " + "; ".join(parts) if parts else None
+
+
+def exit_reason(status: int, asked: bool) -> str:
+    """Why a worker with this wait status exited (see UNASKED_EXITS)."""
+    if asked:
+        return "killed" if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL else "stopped"
+    if os.WIFSIGNALED(status):
+        return "signaled"
+    return "exited" if os.waitstatus_to_exitcode(status) == 0 else "failed"
+
+
+def backlog_entry(reading: monitoring.Reading | None, now: float) -> dict | None:
+    """A group's backlog for --status: None when unknown (not an RQ group, or nothing read yet)."""
+    if reading is None:
+        return None
+    return {"waiting": reading.waiting, "oldest": reading.oldest, "age": round(now - reading.read_at, 1),
+            "stale": monitoring.stale(reading, now)}
+
+
+def group_entries(wanted: Mapping[str, tuple[Group, int]], workers: Iterable[Worker], looping: Collection[str],
+                  readings: Mapping[str, monitoring.Reading], shares: Callable[[str], dict[str, float | None] | None],
+                  now: float) -> dict[str, dict]:
+    """One entry per group: its workers running and wanted, how many are busy now and their share of
+    busy time (None where its command cannot tell), its memory, whether it is crash-looping, its
+    backlog, an elastic group's bounds, and what its workers run."""
+    running: dict[str, list[Worker]] = {}
+    for worker in workers:
+        if worker.stop_sent is None:
+            running.setdefault(worker.group, []).append(worker)
+    entries = {}
+    for name, (spec, count) in wanted.items():
+        mine = running.get(name, [])
+        utilization = shares(name)
+        entries[name] = {
+            "running": len(mine), "wanted": count, "crash_looping": name in looping,
+            "busy": sum(bool(w.busy) for w in mine) if utilization is not None else None,
+            "utilization": utilization,
+            "memory": sum(w.pss or 0 for w in mine),
+            "backlog": backlog_entry(readings.get(name), now),
+            "elastic": {"min": spec.min_count, "max": spec.max_count} if spec.elastic else None,
+            # what its workers run: a command line (exec'd, or run in a fork of the template), or a callable
+            "command": list(spec.argv) if spec.call is None else None, "call": spec.call, "forked": spec.forked,
+        }
+    return entries
+
+
+def monitor_row(monitors: monitoring.Monitoring, memory: int, now: float) -> dict | None:
+    """The monitor process's row: None when the pool needs none."""
+    current = monitors.current
+    if current is None and monitors.setup is None:
+        return None
+    history = monitors.history
+    if current is not None:
+        state = "running"
+    elif history.not_before > now:
+        state = f"backoff {history.not_before - now:.0f}s"
+    else:
+        state = "starting"
+    return {
+        "pid": current.pid if current else None, "state": state,
+        "uptime": round(now - current.started, 1) if current else None,
+        "restarts": history.restarts, "last_exit": history.last_exit,
+        "memory": memory if current else None,
+        "error": monitors.error, "metrics": monitors.metrics,
+    }

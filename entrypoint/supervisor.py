@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from entrypoint import elastic, memory, pool, preload, reaper, report
+from entrypoint import elastic, memory, monitoring, pool, preload, reaper, report
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
 from entrypoint.health import first_problem, looping_slots, memory_problem
@@ -40,6 +40,7 @@ class PoolOptions(NamedTuple):
     exit_on_crash_loop: bool
     memory: memory.MemoryLimit
     prefix_output: bool = False
+    metrics_port: int | None = None
 
 
 class Supervisor:
@@ -62,9 +63,12 @@ class Supervisor:
         self.memory = MemoryWatch(self.limit, time.monotonic())
         self.templates = preload.Templates(env, log, self.backoff)
         self.usage = Usage()
-        self.backlogs: dict[str, elastic.Backlog] = {}  # each group's queues, as last read
         self.desired = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
         self.output = PrefixedOutput() if options.prefix_output or config.prefix_output else None
+        self.monitoring = monitoring.Monitoring(env, log, self.backoff, self.output)
+        self.control_path: str | None = None  # the control socket, once it listens
+        self.started_at = time.time()
+        self.exits: dict[str, dict[str, int]] = {}  # group -> report.exit_reason -> count
         self.workers: dict[int, Worker] = {}
         self.history: dict[pool.SlotKey, SlotHistory] = {}
         self.reported_loops: set[str] = set()
@@ -87,7 +91,9 @@ class Supervisor:
     def run(self) -> int:
         inbox = prepare_process(self.log)
         control = self._open_control()
+        self.control_path = control.path if control else None
         self.log_startup()
+        self.configure_monitor()
         setup = preload.setup_for(self.config, self.env)
         if setup is not None:
             self.preloading = True
@@ -101,7 +107,7 @@ class Supervisor:
                 break
             timeout = self.seconds_to_next_wakeup(now)
             sources: list = [inbox, *([control] if control else []), *self.templates.listening(),
-                             *(self.output.fds() if self.output else [])]
+                             *self.monitoring.listening(), *(self.output.fds() if self.output else [])]
             ready, _, _ = select.select(sources, [], [], timeout)
             signals = inbox.read() if inbox in ready else []
             for received in signals:
@@ -112,6 +118,8 @@ class Supervisor:
                 elif isinstance(source, preload.Template):
                     for event in self.templates.read(source, time.monotonic()):
                         self.on_template_event(event)
+                elif isinstance(source, monitoring.Monitor):
+                    self.on_monitor_messages(source)
             if child_changed(signals):
                 self.on_children_exited(reaper.reap())
             if control is not None and control in ready:
@@ -122,6 +130,7 @@ class Supervisor:
         if control is not None:
             control.close()
         self.templates.close()
+        self.monitoring.close()
         inbox.close()
         self.log_shutdown()
         return self.exit_status
@@ -141,8 +150,11 @@ class Supervisor:
     def step(self, now: float) -> None:
         """Carry out what pool.plan decides, then KILL whoever outstayed its grace."""
         self.start_deferred = False
+        self.monitoring.kill_overdue(now)
         if self.templates.due_restart(now) and not self.stopping:
             self.start_template(self.templates.setup, candidate=False)
+        if self.monitoring.due_restart(now) and not self.stopping:
+            self.monitoring.start(now)
         for template in self.templates.hung(now):
             self.log.warning(f"template pid {template.pid} did not answer a fork request within "
                              f"{preload.FORK_TIMEOUT:g}s: KILL")
@@ -164,6 +176,7 @@ class Supervisor:
         moments = [
             pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now),
             self.templates.next_wakeup(),
+            self.monitoring.next_wakeup(),
             self.leftovers_deadline,
             self.memory.next_sample,
             self.usage.next_sample if self.watching_the_work() else None,
@@ -176,8 +189,7 @@ class Supervisor:
 
     def check_memory(self, now: float) -> None:
         """Measure when due, then carry out the memory policy: recycle, resize, summarize."""
-        helpers = [t.pid for t in self.templates.alive()]
-        decisions = self.memory.check(now, self.config, self.desired, self.workers.values(), helpers,
+        decisions = self.memory.check(now, self.config, self.desired, self.workers.values(), self.helper_pids(),
                                       self.stopping)
         for decision in decisions:
             if isinstance(decision, Recycle):
@@ -188,10 +200,9 @@ class Supervisor:
                 self.desired[decision.group] = (spec, decision.count)
                 self.log.info(decision.reason)
             else:
-                self.log.info(decision)  # the minute's summary: the work's comes with it
-                groups = report.group_rows(self.desired, self.workers.values(),
-                                           lambda name: self.usage.shares(name, now))
-                work = report.work_line(groups)
+                backlog = monitoring.summary(self.monitoring.readings, now)
+                self.log.info(f"{decision}; {backlog}" if backlog else decision)
+                work = report.work_line(self.group_entries(now))
                 if work is not None:
                     self.log.info(work)
 
@@ -208,7 +219,8 @@ class Supervisor:
         self.usage.sample(now, self.workers.values(), {name: spec for name, (spec, _) in self.desired.items()})
         if self.config.elastic is None or self.stopping or self.paused or self.preloading:
             return
-        groups = elastic.views(self.desired, self.workers.values(), self.backlogs)
+        backlogs = monitoring.for_elastic(self.monitoring.readings, now)
+        groups = elastic.views(self.desired, self.workers.values(), backlogs)
         for move in elastic.plan(groups, self.elastic_total(), now, grow_after=self.config.grow_after,
                                  shrink_after=self.config.shrink_after):
             spec, _count = self.desired[move.group]
@@ -224,6 +236,40 @@ class Supervisor:
             return fits if fits is not None else memory.cpu_worker_count(os.cpu_count() or 1)
         assert self.config.elastic is not None
         return self.config.elastic if fits is None else min(self.config.elastic, fits)
+
+    def helper_pids(self) -> list[int]:
+        """Our helper processes, whose memory is the pool's too: the preload templates and the monitor."""
+        return [t.pid for t in self.templates.alive()] + [m.pid for m in self.monitoring.alive()]
+
+    # -- the monitor ---------------------------------------------------------------------------
+
+    def configure_monitor(self) -> None:
+        """Start, tell or retire the monitor for the config now in force."""
+        now = time.monotonic()
+        setup = monitoring.setup_for(self.config, self.env, self.pool_id, self.options.metrics_port,
+                                     self.control_path)
+        self.monitoring.configure(setup, now)
+        self.send_fleet_entry(now)
+
+    def on_monitor_messages(self, monitor: monitoring.Monitor) -> None:
+        now = time.monotonic()
+        heard = self.monitoring.read(monitor, now)
+        for line in heard.warnings:
+            self.log.warning(line)
+        for line in heard.notes:
+            self.log.info(line)
+        if heard.ticked:
+            self.send_fleet_entry(now)
+
+    def send_fleet_entry(self, now: float) -> None:
+        """The numbers the monitor publishes next, as the pool knows them without measuring anything."""
+        if not self.monitoring.publishing():
+            return
+        state = "stopping" if self.stopping else "paused" if self.paused else "running"
+        self.monitoring.send({"fleet": monitoring.fleet_entry(
+            self.pool_id, self.started_at, state, self.group_entries(now),
+            self.memory.total(self.workers.values()), self.limit.bytes,
+            sum(h.restarts for h in self.history.values()))})
 
     # -- preloaded workers ---------------------------------------------------------------------
 
@@ -317,6 +363,7 @@ class Supervisor:
         self.exit_status = EXIT_CONFIG
         self.stopping = True
         self.stop_started = time.monotonic()
+        self.monitoring.retire(self.stop_started)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -390,14 +437,22 @@ class Supervisor:
                 self.on_worker_exit(worker, status, now)
                 continue
             template = self.templates.owner(pid)
+            monitor = self.monitoring.owner(pid)
             if template is not None:
                 self.on_template_exit(template, status, now)
+            elif monitor is not None:
+                line = self.monitoring.on_exit(monitor, status, now, self.random.random())
+                if line is not None and not self.stopping:
+                    self.log.warning(line)
             elif not self.templates.keep_unclaimed(pid, status, now):
                 self.log.debug(f"reaped orphan {pid} ({reaper.describe(status)})")
 
     def on_worker_exit(self, worker: Worker, status: int, now: float) -> None:
         lived = now - worker.started
         description = f"{reaper.describe(status)} after {lived:.1f}s"
+        reason = report.exit_reason(status, asked=worker.stop_sent is not None)
+        counts = self.exits.setdefault(worker.group, {})
+        counts[reason] = counts.get(reason, 0) + 1
         history = pool.after_exit(
             self.history.get(worker.key, SlotHistory()), lived,
             expected=worker.stop_sent is not None, now=now, backoff=self.backoff,
@@ -443,6 +498,7 @@ class Supervisor:
         self.pending_reload = None
         for template in self.templates.alive():
             self.templates.retire(template)  # no more forks; it exits when its channel closes
+        self.monitoring.retire(now)  # it takes the pool's fleet entry away as it goes
         skip_term = from_platform and self.options.stop.term_sent_to_all
         self.platform_sent_term = self.platform_sent_term or skip_term
         for worker in self.workers.values():
@@ -464,7 +520,7 @@ class Supervisor:
 
     def all_gone(self, now: float) -> bool:
         """Workers are gone; give their leftovers TERM, the grace, then KILL. True when none is left."""
-        if self.workers or self.templates.alive():
+        if self.workers or self.templates.alive() or self.monitoring.alive():
             return False
         leftovers = reaper.descendants()
         if not leftovers:
@@ -548,7 +604,8 @@ class Supervisor:
                 new[name] = (spec, max(spec.min_count, min(spec.max_count, old[1])))
         changes = pool.reload_diff(self.desired, new)
         self.config, self.desired = config, new
-        self.backoff = self.templates.backoff = Backoff.from_config(config)
+        self.backoff = self.templates.backoff = self.monitoring.backoff = Backoff.from_config(config)
+        self.configure_monitor()
         self.reported_loops.clear()
         self.paused = False
         self.log.info("reload: " + (", ".join(changes) if changes else "no change"))
@@ -584,43 +641,56 @@ class Supervisor:
     def status(self) -> dict:
         now = time.monotonic()
         # someone asked: fresh numbers are worth one walk over /proc
-        self.memory.measure(self.workers.values(), [t.pid for t in self.templates.alive()])
+        self.memory.measure(self.workers.values(), self.helper_pids())
         templates = self.templates
+        template_pss = sum(memory.read_pss(t.pid) or 0 for t in templates.alive())
+        monitor_pss = sum(memory.read_pss(m.pid) or 0 for m in self.monitoring.alive())
         return {
             "pool_id": self.pool_id, "manager_pid": os.getpid(),
             "stopping": self.stopping, "paused": self.paused,
             "workers": report.slot_rows(self.effective_desired(), self.desired, self.workers.values(),
                                         self.history, templates.starting(), now),
-            "groups": report.group_rows(self.desired, self.workers.values(),
-                                        lambda name: self.usage.shares(name, now)),
+            "groups": self.group_entries(now),
+            "exits": self.exits,
             "template": report.template_row(templates.current, templates.setup, templates.history,
-                                            self.memory.helpers_pss, now),
+                                            template_pss, now),
+            "monitor": report.monitor_row(self.monitoring, monitor_pss, now),
             "memory": {
                 "limit": self.limit.bytes, "limit_source": self.limit.source,
-                "manager": self.memory.manager_pss, "template": self.memory.helpers_pss,
+                "manager": self.memory.manager_pss, "template": template_pss, "monitor": monitor_pss,
                 "total": self.memory.total(self.workers.values()),
                 "oom_kills": self.memory.oom_kills(),
             },
         }
 
+    def group_entries(self, now: float) -> dict[str, dict]:
+        looping = {group for (group, _slot), _ in self.looping(now)}
+        return report.group_entries(self.effective_desired(), self.workers.values(), looping,
+                                    self.monitoring.readings, lambda name: self.usage.shares(name, now), now)
+
+    def looping(self, now: float) -> list[tuple[pool.SlotKey, SlotHistory]]:
+        """Wanted slots still in a crash loop."""
+        counts = {name: count for name, (_, count) in self.effective_desired().items()}
+        uptimes = {w.key: now - w.started for w in self.workers.values() if w.stop_sent is None}
+        return looping_slots(counts, uptimes, self.history, self.backoff.reset_after)
+
     def health(self) -> dict:
         """--health: crash loops and memory from what the pool already knows (no walk over /proc)."""
         now = time.monotonic()
-        counts = {name: count for name, (_, count) in self.effective_desired().items()}
-        uptimes = {w.key: now - w.started for w in self.workers.values() if w.stop_sent is None}
         limit = self.limit
         usage_now = (memory.read_usage(limit.cgroup_version, limit.cgroup_dir)
                      if limit.bytes is not None and limit.cgroup_dir is not None and limit.cgroup_version is not None
                      else None)
         problem = first_problem(
             self.stopping,
-            looping_slots(counts, uptimes, self.history, self.backoff.reset_after),
+            self.looping(now),
             memory_problem(self.memory.total(self.workers.values()), limit.bytes,
                            memory.guard_fraction(self.config.memory_headroom),
                            usage_now),
         )
-        return {"healthy": problem is None, "problem": problem, "running": len(uptimes),
-                "wanted": sum(counts.values())}
+        return {"healthy": problem is None, "problem": problem,
+                "running": sum(1 for w in self.workers.values() if w.stop_sent is None),
+                "wanted": sum(count for _, count in self.effective_desired().values())}
 
     # -- output --------------------------------------------------------------------------------
 

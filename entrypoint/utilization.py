@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Mapping
 
 from entrypoint.pool import Worker
 from entrypoint.poolconfig import Group
+from entrypoint.rqworker import rq_worker_url
 
 # How often busy/idle is sampled while some group can tell: a job shorter than this may go unseen
 # by one sample, but over a minute the share of busy samples is the share of busy time.
@@ -18,9 +18,7 @@ WINDOWS = {"1m": 60.0, "5m": 300.0}
 def knows_busy(spec: Group) -> bool:
     """Whether busy can be told from the process table: an RQ worker forks a work-horse for each
     job, so it is busy exactly while it has a child. Any other command: unknown."""
-    argv = spec.argv
-    runs_rq_cli = "rq.cli" in argv[1:3] or (bool(argv) and os.path.basename(argv[0]) in ("rq", "rqworker"))
-    return spec.call is None and runs_rq_cli and "worker" in argv
+    return spec.call is None and rq_worker_url(spec.argv, {}) is not None
 
 
 def has_child(pid: int) -> bool | None:

@@ -66,14 +66,6 @@ def test_an_unknown_backlog_moves_nothing() -> None:
     assert plan([unknown], total=8, now=NOW) == []
 
 
-def test_a_backlog_lasts_from_the_reading_that_found_jobs_waiting() -> None:
-    from entrypoint.elastic import track
-
-    first = track(None, 5, 1.0, now=10.0)
-    assert track(first, 9, 3.0, now=12.0) == Backlog(9, 3.0, 10.0)
-    assert track(track(first, 0, None, now=12.0), 4, 0.5, now=14.0).since == 14.0, "emptied: it starts over"
-
-
 # ------------------------------------------------------------------ the config
 
 

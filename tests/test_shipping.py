@@ -259,13 +259,16 @@ def test_dockerfile_makes_entrypoint_pid_1_as_a_numeric_non_root_user() -> None:
     assert image.workdir == "/app"
 
 
-def test_dockerfile_installs_the_project_with_rq_and_no_pip_cache() -> None:
+def test_dockerfile_installs_the_project_with_rq_and_metrics_and_no_pip_cache() -> None:
     runs = [rest for keyword, rest in instructions(DOCKERFILE.read_text()) if keyword == "RUN"]
     installs = [run for run in runs if "pip install" in run]
     assert installs, "the project is never pip-installed"
     for run in installs:
         assert "--no-cache-dir" in run, run
-    assert any(re.search(r"""["']?\.?/?\[rq\]["']?""", run) for run in installs), installs
+    extras = {extra for run in installs for found in re.findall(r"""["']?\.?/\w*\[([\w,]+)\]["']?""", run)
+              for extra in found.split(",")}
+    # rq: the default worker; metrics: prometheus_client, for the METRICS_PORT k8s/deployment.yaml sets
+    assert {"rq", "metrics"} <= extras, installs
 
 
 def test_the_image_finds_the_example_config() -> None:
