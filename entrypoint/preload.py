@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import socket
 import sys
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from entrypoint import channel as channels
 from entrypoint import pool, reaper
 from entrypoint.console import Log
 from entrypoint.pool import Backoff, SlotHistory
 from entrypoint.poolconfig import Group, PoolConfig
-from entrypoint.spawn import spawn
 
 TEMPLATE_ARGV = (sys.executable, "-m", "entrypoint.template")
 # What a default RQ worker imports on its first connection (the IDNA codec for a host name,
@@ -26,7 +25,6 @@ RQ_CLASS_VARIABLES = ("RQ_WORKER_CLASS", "RQ_JOB_CLASS", "RQ_QUEUE_CLASS", "RQ_C
 FORK_TIMEOUT = 10.0
 # An exit we reaped before the template told us the pid was a worker's is kept this long.
 UNCLAIMED_SECONDS = 30.0
-_MAX_MESSAGE = 1 << 20
 
 
 class Setup(NamedTuple):
@@ -165,12 +163,7 @@ class Templates:
 
     def start(self, setup: Setup, now: float, output: int | None = None) -> Template:
         """A new template process, told what to import; it answers Ready or Failed."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            child = spawn(TEMPLATE_ARGV, self.env, output=output, channel=theirs.fileno())
-        finally:
-            theirs.close()
-        ours.setblocking(False)
+        child, ours = channels.spawn_helper(TEMPLATE_ARGV, self.env, output)
         self.generation += 1
         template = Template(child.pid, self.generation, ours, now)
         self.send(template, setup.message())
@@ -230,9 +223,8 @@ class Templates:
                 if any(now - p.sent > FORK_TIMEOUT for p in t.pending.values())]
 
     def send(self, template: Template, message: dict, fd: int | None = None) -> None:
-        data = json.dumps(message).encode()
         try:
-            socket.send_fds(template.channel, [data], [fd] if fd is not None else [])
+            channels.send(template.channel, message, fd)
         except OSError as error:
             # It is gone or wedged: its exit (or our KILL) brings the replacement.
             self.log.warning(f"template pid {template.pid}: cannot send ({error.strerror}): KILL")
@@ -241,19 +233,9 @@ class Templates:
     # -- what the templates said ---------------------------------------------------------------
 
     def read(self, template: Template, now: float) -> list[Event]:
-        events: list[Event] = []
-        while not template.closed:
-            try:
-                data = template.channel.recv(_MAX_MESSAGE)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                template.closed = True
-                break
-            events.extend(self.interpret(template, json.loads(data), now))
-        return events
+        messages, closed = channels.receive(template.channel)
+        template.closed = template.closed or closed
+        return [event for message in messages for event in self.interpret(template, message, now)]
 
     def interpret(self, template: Template, message: dict, now: float) -> list[Event]:
         if message.get("ready"):

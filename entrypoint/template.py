@@ -29,10 +29,8 @@ import traceback  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
+from entrypoint import channel as channels  # noqa: E402
 from entrypoint.signals import restore_defaults  # noqa: E402
-from entrypoint.spawn import CHANNEL_FD  # noqa: E402
-
-MAX_MESSAGE = 1 << 20
 
 
 def resolve(reference: str) -> Callable[..., object]:
@@ -98,7 +96,7 @@ class Template:
         self.calls: dict[str, Callable[..., object]] = {}
 
     def send(self, message: dict) -> None:
-        self.channel.sendall(json.dumps(message).encode())
+        channels.send(self.channel, message)
 
     def preload(self, modules: list[str], calls: list[str], after_fork: str | None) -> dict:
         """Import everything the workers will run; the report for the manager."""
@@ -125,7 +123,7 @@ class Template:
         """Fork a worker for each request until the manager closes the channel."""
         while True:
             try:
-                data, fds, _flags, _address = socket.recv_fds(self.channel, MAX_MESSAGE, 1)
+                data, fds, _flags, _address = socket.recv_fds(self.channel, channels.MAX_MESSAGE, 1)
             except InterruptedError:
                 continue
             if not data:
@@ -226,10 +224,9 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Forking here is the point, threads or not; the manager already warned about threads once.
     warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-    channel = socket.socket(fileno=CHANNEL_FD)
-    channel.set_inheritable(False)
+    channel = channels.from_parent()
     template = Template(channel)
-    setup = json.loads(channel.recv(MAX_MESSAGE) or b"{}")
+    setup = json.loads(channel.recv(channels.MAX_MESSAGE) or b"{}")
     report = template.preload(setup.get("modules", []), setup.get("calls", []), setup.get("after_fork"))
     template.send(report)
     if "failed" in report:
