@@ -236,14 +236,30 @@ def read_pss(pid: int, proc: Path = Path("/proc")) -> int | None:
     return None if found is None else found.pss
 
 
-def tree_footprint(pid: int, index: Mapping[int, Sequence[int]], proc: Path = Path("/proc")) -> Footprint | None:
-    """The footprint of pid and all its descendants (an RQ work-horse is a child of its worker)."""
-    total = read_footprint(pid, proc)
-    if total is None:
+class Tree(NamedTuple):
+    """A process's own footprint and its descendants' (an RQ work-horse is a child of its worker)."""
+
+    own: Footprint
+    below: Footprint
+
+    @property
+    def pss(self) -> int:
+        return self.own.pss + self.below.pss
+
+    @property
+    def private(self) -> int:
+        return self.own.private + self.below.private
+
+
+def tree_footprint(pid: int, index: Mapping[int, Sequence[int]], proc: Path = Path("/proc")) -> Tree | None:
+    """The footprint of pid and, apart, of all its descendants; None when pid is gone."""
+    own = read_footprint(pid, proc)
+    if own is None:
         return None
+    below_it = Footprint(0, 0)
     for child in below(pid, index):
-        total += read_footprint(child, proc) or (0, 0)
-    return total
+        below_it += read_footprint(child, proc) or (0, 0)
+    return Tree(own, below_it)
 
 
 def auto_worker_count(

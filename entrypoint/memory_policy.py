@@ -59,10 +59,12 @@ def guard_victim(workers: Collection[Worker], total: int, limit: int | None, hea
 
 
 def cost(worker: Worker) -> int:
-    """What one more worker like this one needs, at its peak: its PSS; for a forked worker only what
-    it holds alone (it shares the template's pages with every sibling, and its PSS depends on how
-    many share: a peak taken while few did would undercount what fits)."""
-    return worker.peak_private if worker.spec.forked else worker.peak_pss
+    """What one more worker like this one needs, at its peak: its PSS (its children's included); for
+    a forked worker what it holds alone, idle at its peak, plus what its children (RQ's work-horse)
+    hold alone at theirs. (It shares the template's pages with every sibling, and its PSS depends on
+    how many share: a peak taken while few did would undercount what fits. And while a horse runs,
+    the pages it shares with its worker are private to neither, though they exist once for it.)"""
+    return worker.peak_private + worker.peak_children if worker.spec.forked else worker.peak_pss
 
 
 def shared_part(worker: Worker) -> int:
@@ -200,7 +202,8 @@ class MemoryWatch:
                 before = cost(worker)
                 worker.private = found.private
                 worker.peak_pss = max(worker.peak_pss, found.pss)
-                worker.peak_private = max(worker.peak_private, found.private)
+                worker.peak_private = max(worker.peak_private, found.own.private)
+                worker.peak_children = max(worker.peak_children, found.below.private)
                 worker.growing = worker.samples > 0 and cost(worker) > before * STILL_GROWING
                 worker.samples += 1
         self.helpers_pss = sum(memory.read_pss(pid) or 0 for pid in helpers)

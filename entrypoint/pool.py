@@ -40,8 +40,8 @@ class Backoff(NamedTuple):
 class Worker:
     """One process we started, and what we asked of it."""
 
-    __slots__ = ("busy", "group", "growing", "idle_since", "kill_at", "peak_private", "peak_pss", "pid", "private",
-                 "pss", "samples", "slot", "spec", "started", "stop_sent")
+    __slots__ = ("busy", "group", "growing", "idle_since", "kill_at", "peak_children", "peak_private", "peak_pss",
+                 "pid", "private", "pss", "samples", "slot", "spec", "started", "stop_sent")
 
     def __init__(self, group: str, slot: int, pid: int, spec: Group, started: float, *,
                  stop_sent: float | None = None, kill_at: float | None = None) -> None:
@@ -55,7 +55,8 @@ class Worker:
         self.pss: int | None = None  # bytes at the last sample, its own children included
         self.peak_pss = 0  # the most it has used: job peaks count when planning
         self.private = 0  # of pss, the bytes it shares with no other process (its children included)
-        self.peak_private = 0
+        self.peak_private = 0  # the most it held alone itself
+        self.peak_children = 0  # the most its children held alone
         self.growing = False  # its last sample raised its peak: not settled yet
         self.samples = 0
         self.busy: bool | None = None  # has a job in hand (None: cannot tell, or not sampled yet)

@@ -375,6 +375,7 @@ def test_tree_pss_sums_descendants_and_tolerates_gone_ones(tmp_path: Path) -> No
     assert tree_footprint(1, index, tmp_path).pss == 60 * 1024
     assert tree_footprint(2, index, tmp_path).pss == 60 * 1024
     assert tree_footprint(9, index, tmp_path) is None
+    assert tree_footprint(1, index, tmp_path).own.pss == 10 * 1024, "its own, apart from its descendants'"
 
 
 # ---------------------------------------------------------------- real processes

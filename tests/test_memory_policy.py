@@ -96,3 +96,17 @@ def test_a_group_shrinks_at_once_but_grows_only_when_settled() -> None:
     growing.growing = False
     (resize,) = auto_sizes({"q": (AUTO, 2)}, [worker(1, pss=10 * MIB), growing], 40 * MIB, 512 * MIB, 0.85)
     assert resize.count == 41
+
+
+def test_a_forked_workers_cost_adds_its_horses_peak_to_its_own() -> None:
+    """While RQ's work-horse runs, the pages it shares with its worker are private to neither: a
+    sample then shows both small. What one more such worker costs is its own peak, idle, plus the
+    most its horse held alone."""
+    from entrypoint.memory_policy import cost
+
+    busy = worker(1, FORKED, pss=25 * MIB, private=9 * MIB)
+    busy.peak_children = 5 * MIB
+    assert cost(busy) == 14 * MIB
+    execd = worker(2, pss=30 * MIB, private=28 * MIB)
+    execd.peak_children = 5 * MIB
+    assert cost(execd) == 30 * MIB, "an exec'd worker's PSS, its children's included, says it already"
