@@ -200,17 +200,18 @@ def _read(file: Path) -> str | None:
 
 
 class Footprint(NamedTuple):
-    """A process's memory in bytes: its proportional share (PSS), and what it alone holds."""
+    """A process's memory in bytes: its proportional share (PSS), what it alone holds, all it holds."""
 
     pss: int  # shared pages count divided among the processes sharing them
     private: int  # pages no other process shares (USS): what one more such process costs
+    rss: int = 0  # every page it has resident, shared or not
 
     def __add__(self, other: tuple) -> Footprint:  # type: ignore[override]
-        return Footprint(self.pss + other[0], self.private + other[1])
+        return Footprint(self.pss + other[0], self.private + other[1], self.rss + other[2])
 
 
 def read_footprint(pid: int, proc: Path = Path("/proc")) -> Footprint | None:
-    """PSS and private bytes from smaps_rollup (Linux 4.14+, one cheap read), else smaps summed."""
+    """PSS, private and resident bytes from smaps_rollup (Linux 4.14+, one cheap read), else smaps summed."""
     try:
         try:
             text = (proc / str(pid) / "smaps_rollup").read_text()
@@ -218,7 +219,7 @@ def read_footprint(pid: int, proc: Path = Path("/proc")) -> Footprint | None:
             text = (proc / str(pid) / "smaps").read_text()
     except OSError:
         return None
-    kib = {"Pss:": 0, "Private_Clean:": 0, "Private_Dirty:": 0}
+    kib = {"Pss:": 0, "Private_Clean:": 0, "Private_Dirty:": 0, "Rss:": 0}
     found = False
     for line in text.splitlines():
         key, _, rest = line.partition(" ")
@@ -227,7 +228,7 @@ def read_footprint(pid: int, proc: Path = Path("/proc")) -> Footprint | None:
             found = found or key == "Pss:"
     if not found:
         return None
-    return Footprint(kib["Pss:"] * 1024, (kib["Private_Clean:"] + kib["Private_Dirty:"]) * 1024)
+    return Footprint(kib["Pss:"] * 1024, (kib["Private_Clean:"] + kib["Private_Dirty:"]) * 1024, kib["Rss:"] * 1024)
 
 
 def read_pss(pid: int, proc: Path = Path("/proc")) -> int | None:
@@ -258,7 +259,7 @@ def tree_footprint(pid: int, index: Mapping[int, Sequence[int]], proc: Path = Pa
         return None
     below_it = Footprint(0, 0)
     for child in below(pid, index):
-        below_it += read_footprint(child, proc) or (0, 0)
+        below_it += read_footprint(child, proc) or Footprint(0, 0)
     return Tree(own, below_it)
 
 

@@ -67,56 +67,47 @@ def cost(worker: Worker) -> int:
     return worker.peak_private + worker.peak_children if worker.spec.forked else worker.peak_pss
 
 
-def shared_part(worker: Worker) -> int:
-    """Of a worker's PSS now, the part that stays whatever the count: its share of the template's."""
-    return max(0, (worker.pss or 0) - worker.private) if worker.spec.forked else 0
-
-
 class Room(NamedTuple):
     """What a set of workers needs, for planning how many of them fit."""
 
     per_worker: int  # the most one of them needs at its peak
-    rest_now: int  # everything else in the pool, as it is now
-    rest_at_peak: int  # everything else, each other worker at its peak
+    rest_at_peak: int  # everything else in the pool, each other worker at its peak
 
 
-def room(mine: Collection[Worker], workers: Collection[Worker], total: int) -> Room | None:
-    """How much `mine` (warm workers of the groups being planned) and everything else need; None
-    while none of them has been measured enough to tell."""
+def room(mine: Collection[Worker], workers: Collection[Worker], base: int) -> Room | None:
+    """How much `mine` (workers of the groups being planned) need each, and everything else at its
+    peak, on top of `base` (the manager, our helpers, the template's pages once); None while none
+    of them has been measured enough to tell."""
     warm = [w for w in mine if w.samples >= WARM_SAMPLES]
     if not warm:
         return None
-    fixed = total - sum(w.pss or 0 for w in workers)  # the manager and our helpers
-    shared = sum(shared_part(w) for w in mine)
     planned = {id(w) for w in mine}
-    others = [w for w in workers if id(w) not in planned]
     return Room(memory.steady_per_worker([cost(w) for w in warm]),
-                fixed + shared + sum(w.pss or 0 for w in others),
-                fixed + shared + sum(cost(w) + shared_part(w) for w in others))
+                base + sum(cost(w) for w in workers if id(w) not in planned))
 
 
-def elastic_room(desired: Mapping[str, tuple[Group, int]], workers: Collection[Worker], total: int,
+def elastic_room(desired: Mapping[str, tuple[Group, int]], workers: Collection[Worker], base: int,
                  limit: int | None, headroom: float) -> int | None:
     """How many workers the elastic groups can share in memory, the rest at its peaks; None while
     it cannot be told (no limit known, or no elastic worker measured enough)."""
     if limit is None:
         return None
     names = {name for name, (spec, _) in desired.items() if spec.elastic}
-    needs = room([w for w in workers if w.group in names and w.stop_sent is None], workers, total)
+    needs = room([w for w in workers if w.group in names and w.stop_sent is None], workers, base)
     if needs is None:
         return None
     return memory.auto_worker_count(limit, headroom, needs.rest_at_peak, needs.per_worker, 0, MAX_COUNT)
 
 
-def auto_sizes(desired: Mapping[str, tuple[Group, int]], workers: Collection[Worker], total: int,
+def auto_sizes(desired: Mapping[str, tuple[Group, int]], workers: Collection[Worker], base: int,
                limit: int | None, headroom: float) -> list[Resize]:
     """`auto` groups: as many workers as fit under the limit with headroom, judged by warm workers' peaks.
 
-    The rest of the pool is counted as it is now to shrink and at its peaks to grow, so the
-    coming and going of other workers' jobs cannot make a group flap between two counts. A group
-    shrinks as soon as its warm workers show it does not fit; it grows only once every slot is
-    filled, warm, and no worker is still growing, so a worker measured mid-growth cannot make it
-    overshoot.
+    Every worker counts at its peak (the rest of the pool too), so the coming and going of jobs
+    cannot make a group flap between two counts. A group shrinks as soon as its warm workers show
+    it does not fit. It grows only once every slot is filled, warm and no worker is still
+    growing, and at most doubles at a time: a count taken before any job ran knows nothing of the
+    work-horses' memory, and the next samples, with jobs, can still stop it short of the limit.
     """
     if limit is None:
         return []
@@ -125,26 +116,24 @@ def auto_sizes(desired: Mapping[str, tuple[Group, int]], workers: Collection[Wor
         if not spec.auto:
             continue
         mine = [w for w in workers if w.group == name and w.stop_sent is None]
-        needs = room(mine, workers, total)
+        needs = room(mine, workers, base)
         if needs is None:
             continue
-        per_worker = needs.per_worker
-        fits_now = memory.auto_worker_count(limit, headroom, needs.rest_now, per_worker, spec.min_count,
-                                            spec.max_count)
-        fits_at_peak = memory.auto_worker_count(limit, headroom, needs.rest_at_peak, per_worker, spec.min_count,
-                                                spec.max_count)
+        fits = memory.auto_worker_count(limit, headroom, needs.rest_at_peak, needs.per_worker, spec.min_count,
+                                        spec.max_count)
         settled = (sum(w.samples >= WARM_SAMPLES for w in mine) >= count
                    and not any(w.growing for w in mine))
-        if fits_now < count:
-            target, rest = fits_now, needs.rest_now
-        elif fits_at_peak > count and settled:
-            target, rest = fits_at_peak, needs.rest_at_peak
+        if fits < count:
+            target = fits
+        elif fits > count and settled:
+            target = min(fits, max(2 * count, spec.min_count))
         else:
             continue
         resized.append(Resize(name, target, (
-            f"auto: {name} {count}->{target} workers ({memory.format_bytes(per_worker)} per worker at "
+            f"auto: {name} {count}->{target} workers ({memory.format_bytes(needs.per_worker)} per worker at "
             f"peak{', not shared with the template' if spec.forked else ''}, "
-            f"{memory.format_bytes(rest)} for the rest, limit {memory.format_bytes(limit)} x {headroom:g})")))
+            f"{memory.format_bytes(needs.rest_at_peak)} for the rest, limit {memory.format_bytes(limit)} "
+            f"x {headroom:g}: {fits} fit)")))
     return resized
 
 
@@ -156,11 +145,12 @@ class MemoryWatch:
         self.next_sample = 0.0
         self.next_summary = now + SUMMARY_SECONDS
         self.manager_pss = 0
-        self.helpers_pss = 0  # our helper processes: the preload template
+        self.helpers: dict[str, memory.Footprint] = {}  # our helper processes, by kind: template, monitor
         self.oom_kills_at_start = self.oom_kills_total()
 
     def check(self, now: float, config: PoolConfig, desired: Mapping[str, tuple[Group, int]],
-              workers: Collection[Worker], helpers: Collection[int], stopping: bool) -> list[Recycle | Resize | str]:
+              workers: Collection[Worker], helpers: Mapping[str, Iterable[int]],
+              stopping: bool) -> list[Recycle | Resize | str]:
         """Measure when due, then what to do about it: recycles, resizes and the minute's summary."""
         if now < self.next_sample:
             return []
@@ -178,7 +168,7 @@ class MemoryWatch:
         victim = guard_victim(workers, total, self.limit.bytes, config.memory_headroom)
         if victim is not None:
             decisions.append(victim)
-        decisions.extend(auto_sizes(desired, workers, total, self.limit.bytes, config.memory_headroom))
+        decisions.extend(auto_sizes(desired, workers, self.base(), self.limit.bytes, config.memory_headroom))
         if summary_due:
             self.next_summary = now + SUMMARY_SECONDS
             decisions.append(self.summary(workers))
@@ -192,8 +182,8 @@ class MemoryWatch:
         usage = memory.read_usage(limit.cgroup_version, limit.cgroup_dir)
         return usage is None or usage >= headroom * limit.bytes
 
-    def measure(self, workers: Iterable[Worker], helpers: Iterable[int]) -> None:
-        """PSS of every worker with its children (one walk over /proc), of our helpers and of the manager."""
+    def measure(self, workers: Iterable[Worker], helpers: Mapping[str, Iterable[int]]) -> None:
+        """Every worker with its children (one walk over /proc), our helpers by kind, and the manager."""
         index = reaper.children_index(reaper.process_table())
         for worker in workers:
             found = memory.tree_footprint(worker.pid, index)
@@ -206,11 +196,25 @@ class MemoryWatch:
                 worker.peak_children = max(worker.peak_children, found.below.private)
                 worker.growing = worker.samples > 0 and cost(worker) > before * STILL_GROWING
                 worker.samples += 1
-        self.helpers_pss = sum(memory.read_pss(pid) or 0 for pid in helpers)
+        self.helpers = {kind: sum((memory.read_footprint(pid) or memory.Footprint(0, 0) for pid in pids),
+                                  memory.Footprint(0, 0))
+                        for kind, pids in helpers.items()}
         self.manager_pss = memory.read_pss(os.getpid()) or 0
 
+    def helper_pss(self, kind: str) -> int:
+        found = self.helpers.get(kind)
+        return found.pss if found else 0
+
     def total(self, workers: Iterable[Worker]) -> int:
-        return self.manager_pss + self.helpers_pss + sum(w.pss or 0 for w in workers)
+        """Everything the pool uses: the manager's, our helpers' and every worker's PSS."""
+        return self.manager_pss + sum(f.pss for f in self.helpers.values()) + sum(w.pss or 0 for w in workers)
+
+    def base(self) -> int:
+        """What the pool uses whatever its worker count, for planning: the manager and our helpers, the
+        template with every page it holds, since forked workers share those (each worker's cost is
+        only what it holds alone)."""
+        template = self.helpers.get("template", memory.Footprint(0, 0))
+        return self.manager_pss + sum(f.pss for f in self.helpers.values()) - template.pss + template.rss
 
     def summary(self, workers: Collection[Worker]) -> str:
         measured = [w for w in workers if w.pss is not None]

@@ -230,16 +230,17 @@ class Supervisor:
     def elastic_total(self) -> int:
         """The workers the elastic groups share: pool.elastic, never more than memory allows;
         with `elastic: auto`, what memory allows (2 x CPUs + 1 while that cannot be told)."""
-        fits = elastic_room(self.desired, list(self.workers.values()), self.memory.total(self.workers.values()),
-                            self.limit.bytes, self.config.memory_headroom)
+        fits = elastic_room(self.desired, list(self.workers.values()), self.memory.base(), self.limit.bytes,
+                            self.config.memory_headroom)
         if self.config.elastic == ELASTIC_AUTO:
             return fits if fits is not None else memory.cpu_worker_count(os.cpu_count() or 1)
         assert self.config.elastic is not None
         return self.config.elastic if fits is None else min(self.config.elastic, fits)
 
-    def helper_pids(self) -> list[int]:
+    def helper_pids(self) -> dict[str, list[int]]:
         """Our helper processes, whose memory is the pool's too: the preload templates and the monitor."""
-        return [t.pid for t in self.templates.alive()] + [m.pid for m in self.monitoring.alive()]
+        return {"template": [t.pid for t in self.templates.alive()],
+                "monitor": [m.pid for m in self.monitoring.alive()]}
 
     # -- the monitor ---------------------------------------------------------------------------
 
@@ -643,8 +644,7 @@ class Supervisor:
         # someone asked: fresh numbers are worth one walk over /proc
         self.memory.measure(self.workers.values(), self.helper_pids())
         templates = self.templates
-        template_pss = sum(memory.read_pss(t.pid) or 0 for t in templates.alive())
-        monitor_pss = sum(memory.read_pss(m.pid) or 0 for m in self.monitoring.alive())
+        template_pss, monitor_pss = self.memory.helper_pss("template"), self.memory.helper_pss("monitor")
         return {
             "pool_id": self.pool_id, "manager_pid": os.getpid(),
             "stopping": self.stopping, "paused": self.paused,

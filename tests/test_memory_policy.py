@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from entrypoint.memory_policy import WARM_SAMPLES, Recycle, Resize, auto_sizes, guard_victim, over_ceiling
+from entrypoint.memory_policy import WARM_SAMPLES, Recycle, auto_sizes, guard_victim, over_ceiling
 from entrypoint.pool import Worker
 from entrypoint.poolconfig import Group
 
@@ -21,24 +21,24 @@ def worker(pid: int, spec: Group = AUTO, pss: int = 0, private: int = 0, stop_se
 
 
 def test_exec_d_workers_are_planned_by_their_peak_pss() -> None:
-    workers = [worker(1, pss=30 * MIB), worker(2, pss=40 * MIB)]
-    total = 20 * MIB + 70 * MIB  # the manager and the two workers
-    (resize,) = auto_sizes({"q": (AUTO, 2)}, workers, total, 512 * MIB, 0.85)
+    workers = [worker(n, pss=30 * MIB if n == 1 else 40 * MIB) for n in range(1, 9)]
+    (resize,) = auto_sizes({"q": (AUTO, 8)}, workers, 20 * MIB, 512 * MIB, 0.85)  # the manager: 20 MiB
     # (0.85 * 512 - 20) MiB left for workers of 40 MiB at peak: 10
     assert (resize.group, resize.count) == ("q", 10)
-    assert "40.0 MiB per worker at peak, 20.0 MiB for the rest" in resize.reason
+    assert resize.reason == ("auto: q 8->10 workers (40.0 MiB per worker at peak, 20.0 MiB for the rest, "
+                             "limit 512.0 MiB x 0.85: 10 fit)")
 
 
 def test_forked_workers_are_planned_by_what_they_hold_alone() -> None:
     """A forked worker's PSS includes its share of the template's pages, which shrinks as more
-    workers share them: planning by it would stop far short of what fits."""
+    workers share them: planning by it would stop far short of what fits. Those pages are paid
+    once, in the base (the template's every page); a worker costs what it holds alone."""
     workers = [worker(1, FORKED, pss=25 * MIB, private=9 * MIB), worker(2, FORKED, pss=25 * MIB, private=10 * MIB)]
-    total = 12 * MIB + 30 * MIB + 50 * MIB  # manager, template, workers
-    (resize,) = auto_sizes({"q": (FORKED, 2)}, workers, total, 512 * MIB, 0.85)
-    others = total - 19 * MIB  # everything but what the workers hold alone
-    assert resize == Resize("q", int((0.85 * 512 * MIB - others) // (10 * MIB)), resize.reason)
-    assert resize.count == 36
-    assert "not shared with the template" in resize.reason
+    base = 12 * MIB + 40 * MIB  # the manager, the template's resident pages
+    (resize,) = auto_sizes({"q": (FORKED, 2)}, workers, base, 512 * MIB, 0.85)
+    assert resize.reason.endswith("(10.0 MiB per worker at peak, not shared with the template, 52.0 MiB for the "
+                                  "rest, limit 512.0 MiB x 0.85: 38 fit)")
+    assert resize.count == 4, "it doubles at most, on its way to 38"
 
 
 def test_auto_waits_until_every_worker_has_been_measured_a_few_times() -> None:
@@ -71,31 +71,30 @@ FIXED = Group(name="f", queues=("f",), count=2, min_count=2, max_count=2, argv=(
 
 
 def test_another_groups_jobs_coming_and_going_do_not_make_a_group_flap() -> None:
-    """Other workers are counted at their peak to grow and as they are now to shrink: between
-    the two the count stays. (Under load the pool flapped 11 <-> 12 as their jobs came and went.)"""
-    mine = [worker(pid, pss=40 * MIB) for pid in range(1, 10)]
-    busy_before = worker(20, FIXED, pss=40 * MIB)
-    busy_before.peak_pss = 80 * MIB  # its work-horse has come and gone
-    workers = [*mine, busy_before]
-    total = 20 * MIB + sum(w.pss for w in workers)
-    # Now: (435.2 - 20 - 40) / 40 = 9.4 fit; at the other's peak: (435.2 - 20 - 80) / 40 = 8.4.
-    assert auto_sizes({"q": (AUTO, 9), "f": (FIXED, 1)}, workers, total, 512 * MIB, 0.85) == []
-    assert auto_sizes({"q": (AUTO, 8), "f": (FIXED, 1)}, [*mine[:8], busy_before], total - 40 * MIB,
-                      512 * MIB, 0.85) == [], "nor grows back"
+    """Other workers count at their peak, whether their jobs run now or not. (Counted as they were
+    at each sample, the pool flapped 11 <-> 12 under load as their jobs came and went.)"""
+    mine = [worker(pid, pss=40 * MIB) for pid in range(1, 9)]
+    other = worker(20, FIXED, pss=40 * MIB)
+    other.peak_pss = 80 * MIB  # its work-horse has come and gone
+    desired = {"q": (AUTO, 8), "f": (FIXED, 1)}
+    # At the other's peak: (435.2 - 20 - 80) / 40 = 8.4 fit, whether it is at 40 MiB now or at 80.
+    assert auto_sizes(desired, [*mine, other], 20 * MIB, 512 * MIB, 0.85) == []
+    other.pss = 80 * MIB
+    assert auto_sizes(desired, [*mine, other], 20 * MIB, 512 * MIB, 0.85) == []
 
 
 def test_a_group_shrinks_at_once_but_grows_only_when_settled() -> None:
     first = worker(1, pss=100 * MIB)
     # Three workers of 100 MiB cannot all fit with 20 MiB for the manager: shrink, though slot 3 is empty.
-    (resize,) = auto_sizes({"q": (AUTO, 6)}, [first, worker(2, pss=100 * MIB)], 220 * MIB, 512 * MIB, 0.85)
+    (resize,) = auto_sizes({"q": (AUTO, 6)}, [first, worker(2, pss=100 * MIB)], 20 * MIB, 512 * MIB, 0.85)
     assert resize.count == 4
     growing = worker(2, pss=10 * MIB)
     growing.growing = True
-    assert auto_sizes({"q": (AUTO, 2)}, [worker(1, pss=10 * MIB), growing], 40 * MIB, 512 * MIB, 0.85) == [], (
+    assert auto_sizes({"q": (AUTO, 2)}, [worker(1, pss=10 * MIB), growing], 20 * MIB, 512 * MIB, 0.85) == [], (
         "a worker still growing holds a group back from growing")
     growing.growing = False
-    (resize,) = auto_sizes({"q": (AUTO, 2)}, [worker(1, pss=10 * MIB), growing], 40 * MIB, 512 * MIB, 0.85)
-    assert resize.count == 41
+    (resize,) = auto_sizes({"q": (AUTO, 2)}, [worker(1, pss=10 * MIB), growing], 20 * MIB, 512 * MIB, 0.85)
+    assert (resize.count, resize.reason[-7:]) == (4, "41 fit)"), "it doubles at most"
 
 
 def test_a_forked_workers_cost_adds_its_horses_peak_to_its_own() -> None:
