@@ -32,6 +32,7 @@ GROUP_PAIR = str(PROGRAMS / "group_pair.py")
 SHOW_SELF = str(PROGRAMS / "show_self.py")
 # Every signal 1-31 an init can pass on: all but KILL and STOP (uncatchable) and CHLD (the init's).
 FORWARDABLE = [s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)]
+JOB_CONTROL = [signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU]
 HANG = 20.0  # only to catch a hang; never how long anything is expected to take
 MARGIN = 3.0  # slack on top of a term timeout before the init must have exited
 
@@ -199,6 +200,8 @@ def test_every_forwardable_signal_reaches_the_child_in_order(runner: Runner, tmp
     for signum in FORWARDABLE:
         if signum == signal.SIGTERM:
             continue  # last: the recorder exits on it
+        if signum in JOB_CONTROL and not namespace:
+            continue  # not PID 1, the init stops with its child on these: see the job-control tests
         os.kill(init, signum)
         expected.append(signum)
         wait_recorded(log, expected)
@@ -255,6 +258,128 @@ def test_process_group_flag_reaches_a_grandchild_in_the_group(runner: Runner, tm
     expected = [signal.SIGUSR1, signal.SIGTERM] if group else [signal.SIGTERM]
     assert recorded(child_log)[: len(expected)] == expected
     assert recorded(child_log).count(signal.SIGUSR1) == (1 if group else 0)
+
+
+# ---------------------------------------------------------------- job control outside a terminal
+
+
+def wait_job_report(process: subprocess.Popen, flag: int, what: str) -> int:
+    """What the shell that started the init sees of its job: waitpid with WUNTRACED (stopped) or
+    WCONTINUED, polled, so a report that never comes fails the test instead of hanging it."""
+
+    def report() -> int | None:
+        pid, status = os.waitpid(process.pid, flag | os.WNOHANG)
+        if pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            pytest.fail(f"the init exited ({status:#x}) while waiting for {what}:\n{read_err(process)}")
+        return status if pid else None
+
+    return wait_for(report, HANG, what)
+
+
+@pytest.mark.parametrize("signum", JOB_CONTROL, ids=lambda s: signal.Signals(s).name)
+def test_job_control_signal_stops_the_childs_group_then_the_init_and_cont_wakes_both(
+        runner: Runner, tmp_path: Path, signum: int) -> None:
+    """Not PID 1 and no terminal (a script's `entrypoint cmd &`, or under another init): the child's
+    whole group gets STOP, which the recorders cannot catch as they catch TSTP, TTIN and TTOU; then
+    the init stops itself, so its parent sees a stopped job. CONT wakes the init and the group."""
+    parent_log, child_log = tmp_path / "parent", tmp_path / "child"
+    process = start(runner, [PY, GROUP_PAIR, str(parent_log), str(child_log)], stdin=subprocess.DEVNULL)
+    wait_ready(parent_log, process, "the child")
+    wait_ready(child_log, process, "the grandchild")
+    child = the_child(process.pid)
+    (grandchild,) = children_of(child)
+
+    def group_logs() -> tuple[list[int], list[int]]:
+        """What the child and the grandchild logged, but the child's SIGCHLDs (its child stopping)."""
+        return [s for s in recorded(parent_log) if s != signal.SIGCHLD], recorded(child_log)
+
+    os.kill(process.pid, signum)
+    status = wait_job_report(process, os.WUNTRACED, "the init to stop")
+    assert os.WSTOPSIG(status) == signal.SIGSTOP
+    wait_for(lambda: process_state(child) == process_state(grandchild) == "T", HANG, "the child's group to stop")
+    assert group_logs() == ([], [])  # STOP, not the catchable signal
+    os.kill(process.pid, signal.SIGCONT)
+    wait_job_report(process, os.WCONTINUED, "the init to continue")
+    wait_for(lambda: all(group_logs()), HANG, "the child and the grandchild to get CONT")
+    assert group_logs() == ([signal.SIGCONT], [signal.SIGCONT])  # the whole group, although without -g
+    assert "T" not in (process_state(process.pid), process_state(child), process_state(grandchild))
+    os.kill(process.pid, signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 0, err
+    child_signals, grandchild_signals = group_logs()
+    assert child_signals == [signal.SIGCONT, signal.SIGTERM]  # one CONT: the one that woke the init not added
+    assert grandchild_signals[:2] == [signal.SIGCONT, signal.SIGTERM]
+    assert grandchild_signals.count(signal.SIGCONT) == 1
+
+
+@pytest.mark.parametrize(("rewrite", "passed_on"), [("TSTP:USR1", [signal.SIGUSR1]), ("TTOU:0", [])],
+                         ids=["TSTP:USR1", "TTOU:0"])
+def test_a_rewritten_job_control_signal_is_passed_on_as_rewritten_and_the_init_still_stops(
+        runner: Runner, tmp_path: Path, rewrite: str, passed_on: list[int]) -> None:
+    log = tmp_path / "log"
+    process = start(runner, ["-r", rewrite, PY, RECORD, str(log), "exit-on-term"], stdin=subprocess.DEVNULL)
+    wait_ready(log, process)
+    child = the_child(process.pid)
+    os.kill(process.pid, signal.Signals["SIG" + rewrite.split(":")[0]])
+    wait_job_report(process, os.WUNTRACED, "the init to stop")
+    # The rewrite replaced the STOP: the child runs on and takes a signal while the init is stopped.
+    os.kill(child, signal.SIGUSR2)
+    wait_recorded(log, [*passed_on, signal.SIGUSR2])
+    os.kill(process.pid, signal.SIGCONT)
+    wait_job_report(process, os.WCONTINUED, "the init to continue")
+    wait_recorded(log, [*passed_on, signal.SIGUSR2, signal.SIGCONT])
+    os.kill(process.pid, signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 0, err
+    assert recorded(log) == [*passed_on, signal.SIGUSR2, signal.SIGCONT, signal.SIGTERM]
+
+
+# ---------------------------------------------------------------- working directory
+
+
+def cwd_of(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/cwd")
+
+
+@ids_ns
+def test_the_child_starts_where_the_init_was_started_and_the_init_moves_to_root(
+        runner: Runner, tmp_path: Path, namespace: bool) -> None:
+    """As dumb-init: the init never holds the directory (and its mount) busy for the child's life."""
+    work = tmp_path / "work"
+    work.mkdir()
+    job = work / "job"
+    job.write_text("#!/bin/sh\nexec sleep 1000\n")
+    job.chmod(0o755)
+    process = start(runner, ["./job"], namespace=namespace, cwd=work)  # found relative to `work`
+    init = init_of(runner, process, namespace)
+    child = wait_for(lambda: next((p for p in children_of(init) if comm(p) == "sleep"), None), HANG,
+                     "the child to run sleep")
+    assert cwd_of(child) == str(work)
+    wait_for(lambda: cwd_of(init) == "/", HANG, "the init to leave the directory")
+    os.kill(init, signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 128 + signal.SIGTERM, err
+
+
+def test_the_pool_stays_in_its_directory_where_every_worker_starts(runner: Runner, tmp_path: Path) -> None:
+    """The pool starts workers all its life, each where the pool was started: it stays there (README)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = runner.env(WORKER_CONCURRENCY="2", WORKER_COMMAND="sleep 1000")
+    process = start(runner, ["--socket", str(tmp_path / "pool.sock")], env=env, cwd=work)
+
+    def two_workers_besides(gone: set[int]) -> set[int] | None:
+        found = {p for p in children_of(process.pid) if comm(p) == "sleep"}
+        return found if len(found) == 2 and not found & gone else None
+
+    first = wait_for(lambda: two_workers_besides(set()), HANG, "two workers")
+    killed = min(first)
+    os.kill(killed, signal.SIGKILL)
+    workers = wait_for(lambda: two_workers_besides({killed}), HANG, "a replacement worker")
+    assert [cwd_of(pid) for pid in (process.pid, *workers)] == [str(work)] * 3
+    os.kill(process.pid, signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 0, err
 
 
 # ---------------------------------------------------------------- exit status
