@@ -124,9 +124,11 @@ class Init:
             self.log.trace(f"received {signal_name(signum)} from pid {received.sender}")
         if not received.forwardable():
             return
-        if signum == signal.SIGCONT and self.continued:
-            self.continued = False  # it woke us, and the child's group has had it from stop_with_child()
-            return
+        if signum == signal.SIGCONT:
+            if self.continued:
+                self.continued = False  # it woke us, and the child's group has had it from stop_with_child()
+                return
+            self.pass_terminal_on()  # `fg` of a job that `bg` left running
         stop = self.options.stop
         if signum in STOP_SIGNALS:
             first = not self.stopping
@@ -195,14 +197,19 @@ class Init:
             with contextlib.suppress(OSError):
                 os.tcsetpgrp(self.terminal, os.getpgrp())
         os.kill(os.getpid(), signal.SIGSTOP)  # returns once we get SIGCONT
-        if self.terminal is not None:
-            # `fg` gave the terminal to our group: pass it on. After `bg` it stays the shell's.
-            with contextlib.suppress(OSError):
-                if os.tcgetpgrp(self.terminal) == os.getpgrp():
-                    os.tcsetpgrp(self.terminal, self.child.group)
+        self.pass_terminal_on()
         reaper.send([-self.child.group], signal.SIGCONT)
         self.continued = True
         self.log.debug(f"continued: passed CONT on to process group {self.child.group}")
+
+    def pass_terminal_on(self) -> None:
+        """`fg` gave the terminal to our group: the child's group is the one that reads it.
+        After `bg` the terminal stays the shell's."""
+        if self.terminal is None or self.child is None or self.child_status is not None:
+            return
+        with contextlib.suppress(OSError):
+            if os.tcgetpgrp(self.terminal) == os.getpgrp():
+                os.tcsetpgrp(self.terminal, self.child.group)
 
     def sweep_leftovers(self) -> None:
         """The child is gone: give what it left behind TERM and the same grace, then KILL."""
