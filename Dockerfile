@@ -31,5 +31,11 @@ USER 10001:10001
 # No CMD: with no command, entrypoint runs the pool from $POOL_CONFIG.
 ENV POOL_CONFIG=/app/example/pool.yml
 
+# Docker's health status: the pool answers on its control socket, no group is crash-looping,
+# memory is under the guard. Run as the same USER, so the socket's per-user default path
+# (/tmp/entrypoint-10001/pool.sock, or $POOL_SOCKET) is the pool's. Heroku ignores HEALTHCHECK;
+# Kubernetes uses its own probes (k8s/deployment.yaml runs the same command).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["entrypoint", "--health"]
+
 # Exec form: entrypoint itself is PID 1 (it is the init: no tini, no `init: true`).
 ENTRYPOINT ["entrypoint"]

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench_pool import Manager, manager_memory
 from harness import (
     PROBES,
     BenchError,
@@ -199,16 +200,23 @@ def pool_import_profile(argv: list[str], env: dict[str, str], workdir: Path) -> 
 # -- memory -------------------------------------------------------------------------------------
 
 
-def memory(contenders: list[Contender], rounds: int, env: dict[str, str]) -> Benchmark:
+def memory(contenders: list[Contender], pools: list[Manager], rounds: int, env: dict[str, str],
+           workdir: Path) -> Benchmark:
     bench = Benchmark(
-        "memory", "Memory: the init's own RSS while its child sleeps",
+        "memory", "Memory: the init's and the pool manager's own RSS",
         "`X -- sleep` as PID 1 of a new PID namespace; once the child has exec'd sleep (and "
-        "50 ms more), /proc/PID/status VmRSS and RssAnon and smaps_rollup Pss of the init.",
+        "50 ms more), /proc/PID/status VmRSS and RssAnon and smaps_rollup Pss of the init. "
+        "The pool rows: the pool manager as PID 1 of a new PID namespace, 0.3 s after all its "
+        "`sleep` workers run.",
         [Metric("rss_mb", "VmRSS", "MiB", 2), Metric("anon_mb", "RssAnon", "MiB", 2),
          Metric("pss_mb", "Pss", "MiB", 2)],
-        contenders,
+        [*contenders, *pools],
     )
-    for _ in range(rounds):
+    for round_number in range(rounds):
+        for manager in pools:
+            directory = workdir / f"{round_number}-{manager.workers}"
+            _measure(bench, manager.name, ["rss_mb", "anon_mb", "pss_mb"],
+                     lambda manager=manager, directory=directory: manager_memory(manager, env, directory))
         for contender in contenders:
             def take(contender=contender):
                 with launched(contender.command(SLEEP, pid1=True), env=env, namespace=True) as run:

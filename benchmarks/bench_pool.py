@@ -36,6 +36,7 @@ class Manager(Contender):
     files: dict[str, str] = field(default_factory=dict)
     restarts: bool = True
     status_argv: list[str] | None = None  # entrypoint --status --json --socket PATH
+    workers: int = 0
 
 
 def entrypoint_pool(name: str, entrypoint: list[str], workers: int, *, note: str = "",
@@ -48,7 +49,7 @@ def entrypoint_pool(name: str, entrypoint: list[str], workers: int, *, note: str
         + (f"  (pool.yml: sleepers: {workers}, command: {WORKER_COMMAND}"
            + (f", backoff_reset: {backoff_reset:g}" if backoff_reset is not None else "") + ")"),
         note=note, files={"pool.yml": config},
-        status_argv=[*entrypoint, "--status", "--json", "--socket", "pool.sock"],
+        status_argv=[*entrypoint, "--status", "--json", "--socket", "pool.sock"], workers=workers,
     )
 
 
@@ -86,6 +87,20 @@ def honcho(executable: str, workers: int) -> Manager:
         files={"Procfile": f"w: {WORKER_COMMAND}\n"}, restarts=False,
         note="one Python helper process and one /bin/sh per worker; never restarts a worker",
     )
+
+
+def manager_memory(manager: Manager, env: dict[str, str], directory: Path) -> list[float | None]:
+    """VmRSS, RssAnon and Pss (MiB) of the manager as PID 1 of a namespace, once its workers run."""
+    directory.mkdir(parents=True)
+    for name, text in manager.files.items():
+        (directory / name).write_text(text)
+    with Launch(manager.argv, env=env, namespace=True, cwd=directory) as launch:
+        wait_for(lambda: len(worker_pids(launch.pid)) >= manager.workers, 60,
+                 f"{manager.workers} workers", alive=launch.popen)
+        time.sleep(0.3)  # its start-up done: the loop sits idle
+        pid = launch.inner_pid()
+        status, pss = status_kb(pid), pss_kb(pid)
+        return [status["VmRSS"] / 1024, status["RssAnon"] / 1024, None if pss is None else pss / 1024]
 
 
 def worker_pids(root: int) -> set[int]:

@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                 "entrypoint (backoff_reset 1s)", entrypoint, sizes.workers, backoff_reset=1,
                 note="a worker that lived 1 s counts as started, as supervisord's startsecs=1"),
         ]
+        pool_rows = [bench_pool.entrypoint_pool(f"entrypoint pool ({count} workers)", entrypoint, count,
+                                                note=f"the pool manager; from {where}")
+                     for count in sorted({2, sizes.workers})]
         if scripts.get("supervisord"):
             managers.append(bench_pool.supervisord(scripts["supervisord"], sizes.workers))
         if scripts.get("honcho"):
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = {
             "startup": lambda: [bench_init.startup([*inits, floor, none],
                                                    runs * sizes.startup_factor, env)],
-            "memory": lambda: [bench_init.memory([*inits, floor], runs, env)],
+            "memory": lambda: [bench_init.memory([*inits, floor], pool_rows, runs, env, workdir / "memory")],
             "reaping": lambda: [bench_init.reaping([*inits, floor], runs, sizes.orphans, env,
                                                    python)],
             "signals": lambda: [bench_init.signals([*inits, floor, none], runs, sizes.signals,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from entrypoint import __version__
-from entrypoint.cmdline import BLANKS, Command, parse_line, scan_line
-from entrypoint.console import Log
+from entrypoint.console import ERROR, Log
 from entrypoint.init import Forwarding, Init, InitOptions
+from entrypoint.options import UsageError, parse, unnest
 from entrypoint.shutdown import (
     StopPolicy,
     default_term_timeout,
@@ -22,173 +20,22 @@ from entrypoint.shutdown import (
 from entrypoint.signals import parse_rewrite
 
 if TYPE_CHECKING:  # the pool's modules are imported only when the pool runs
-    from entrypoint.config import PoolConfig
     from entrypoint.memory import MemoryLimit
+    from entrypoint.options import Options
+    from entrypoint.poolconfig import PoolConfig
 
 T = TypeVar("T")
 
 # Exit statuses of our own (README "Exit status"); the pool's are in supervisor.py.
+EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
 EXIT_NO_POOL = 4
-
-DESCRIPTION = """\
-With COMMAND: run it as PID 1's child - reap zombies, forward signals, stop with grace.
-Without COMMAND: run the worker pool from the config file or WORKER_* variables."""
-
-EPILOG = """\
-environment:
-  TERM_TIMEOUT       --term-timeout (default 25 when $DYNO is set, else 8)
-  TERM_DELAY         --term-delay
-  TERM_SENT_TO_ALL   1/0: --term-sent-to-all / --no-term-sent-to-all (default: 1 when $DYNO is set)
-  POOL_CONFIG, RESQUE_POOL_CONFIG
-                     the pool's config file when --config is not given
-  WORKER_CONCURRENCY, WORKER_COMMAND, QUEUES
-                     a one-group pool when there is no config file
-  APP_ENV, RACK_ENV, RAILS_ENV, RESQUE_ENV
-                     the config file's environment section (first one set wins)
-  MEMORY_LIMIT       --memory-limit
-  POOL_SOCKET        --socket
-  EXIT_ON_CRASH_LOOP 1/0: --exit-on-crash-loop
-  REDIS_URL          where the default RQ workers find Redis
-
-exit status:
-  COMMAND's own status, 128+N when signal N killed it (0 for codes given to -e)
-  126/127 COMMAND is not executable / not found
-  0 the pool stopped in time      1 workers had to be KILLed at the term timeout
-  2 bad option, variable or config file
-  3 a worker group crash-looped and --exit-on-crash-loop is on
-  4 --status/--scale/--reload found no running pool"""
+# --health runs every few seconds under a probe's own timeout: a pool that cannot answer in this
+# long counts as not answering.
+HEALTH_TIMEOUT = 2.0
 
 
-class UsageError(Exception):
-    """Bad flags or environment: one line on stderr and exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        raise UsageError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="entrypoint",
-        usage="entrypoint [OPTIONS] [--] COMMAND [ARG...]\n"
-        "       entrypoint [OPTIONS]                      (the worker pool)\n"
-        "       entrypoint --check | --status [--json] | --scale GROUP=N | --reload",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    stop = parser.add_argument_group("stopping (init and pool)")
-    stop.add_argument("-t", "--term-timeout", metavar="SECONDS",
-                      help="after TERM/INT, KILL everything left this much later "
-                      "(25 on Heroku, else 8)")
-    stop.add_argument("--term-delay", metavar="SECONDS",
-                      help="wait this long before passing TERM/INT on (drain time; "
-                      "counted inside the timeout)")
-    stop.add_argument("--term-sent-to-all", dest="term_sent_to_all", action="store_true",
-                      default=None, help="the platform TERMs every process itself: never pass "
-                      "TERM on, still KILL at the timeout (default when $DYNO is set)")
-    stop.add_argument("--no-term-sent-to-all", dest="term_sent_to_all", action="store_false",
-                      help="pass TERM on even when $DYNO is set")
-    init = parser.add_argument_group("init (with COMMAND)")
-    init.add_argument("-g", "--process-group", action="store_true",
-                      help="send signals to the child's whole process group")
-    init.add_argument("-r", "--rewrite", metavar="FROM:TO", action="append", default=[],
-                      help="pass signal FROM on as TO (names or numbers; TO 0 drops it); "
-                      "repeatable")
-    init.add_argument("-e", "--remap-exit", metavar="CODE", action="append", default=[],
-                      type=_exit_code, help="exit 0 when the child exits with CODE "
-                      "(e.g. 143); repeatable")
-    pool = parser.add_argument_group("pool (without COMMAND)")
-    pool.add_argument("-c", "--config", metavar="FILE",
-                      help="pool config file (default: $POOL_CONFIG, $RESQUE_POOL_CONFIG, "
-                      "pool.yml, config/resque-pool.yml, resque-pool.yml)")
-    pool.add_argument("--check", action="store_true",
-                      help="print the resolved pool, or every problem in the config, and exit")
-    pool.add_argument("--exit-on-crash-loop", action="store_true", default=None,
-                      help="exit 3 when a worker group keeps crashing, so the platform "
-                      "restarts the container")
-    pool.add_argument("--memory-limit", metavar="SIZE",
-                      help="the memory the pool may use (512M, 1G; default: the cgroup's)")
-    pool.add_argument("--prefix", action="store_true", default=None,
-                      help="prefix each line of worker output with group.slot")
-    pool.add_argument("--socket", metavar="PATH",
-                      help="the control socket (default /tmp/entrypoint-UID/pool.sock)")
-    control = parser.add_argument_group("steering a running pool")
-    control.add_argument("--status", action="store_true",
-                         help="show every worker: group, slot, pid, state, uptime, restarts")
-    control.add_argument("--json", action="store_true", help="with --status: print JSON")
-    control.add_argument("--scale", metavar="GROUP=N", help="set a group's worker count")
-    control.add_argument("--reload", action="store_true",
-                         help="reload the config file (as SIGHUP does)")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more detail: -v lifecycle, -vv every reap and forward")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
-                        help="the program to run as our child")
-    return parser
-
-
-def _exit_code(text: str) -> int:
-    if not text.isdigit() or int(text) > 255:
-        raise argparse.ArgumentTypeError(f"expected an exit code from 0 to 255, got {text!r}")
-    return int(text)
-
-
-class Invocation(NamedTuple):
-    args: argparse.Namespace
-    command: Command | None
-
-
-def parse(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
-    """Our options and the command, including Heroku's whole `run:` line in one argument."""
-    parser = build_parser()
-    if len(argv) == 1 and _is_command_line(argv[0]):
-        return _one_string(parser, [], argv[0], env)  # may start with our own options
-    args = parser.parse_args(argv)
-    words = _strip_separator(args.command)
-    if len(words) == 1 and _is_command_line(words[0]):
-        return _one_string(parser, list(argv[: len(argv) - len(args.command)]), words[0], env)
-    if not words:
-        return Invocation(args, None)
-    return Invocation(args, Command(tuple(words), via_shell=False))
-
-
-def unnest(invocation: Invocation, env: Mapping[str, str]) -> Invocation:
-    """`entrypoint entrypoint ...` (CMD or a heroku.yml `run:` that repeats the ENTRYPOINT) is one init."""
-    command = invocation.command
-    if command is None or command.via_shell or os.path.basename(command.argv[0]) != "entrypoint":
-        return invocation
-    return parse(list(command.argv[1:]), env)
-
-
-def _one_string(parser: argparse.ArgumentParser, outer: list[str], line: str,
-                env: Mapping[str, str]) -> Invocation:
-    """Heroku hands `run: "..."` over as one argument: peel our options off, keep the rest raw."""
-    scan = scan_line(line, env)
-    args = parser.parse_args(outer + [word.text for word in scan.words])
-    remainder = _strip_separator(args.command)
-    if not remainder:
-        return Invocation(args, None)
-    start = scan.words[len(scan.words) - len(remainder)].start
-    return Invocation(args, parse_line(line[start:], env))
-
-
-def _strip_separator(words: list[str]) -> list[str]:
-    return words[1:] if words[:1] == ["--"] else words
-
-
-def _is_command_line(word: str) -> bool:
-    """One argument holding a whole command line, not a program whose path has a space."""
-    if not any(c in BLANKS for c in word.strip()):
-        return False
-    import shutil
-
-    return shutil.which(word) is None
-
-
-def stop_policy(args: argparse.Namespace, env: Mapping[str, str]) -> StopPolicy:
+def stop_policy(args: Options, env: Mapping[str, str]) -> StopPolicy:
     timeout = _from(args.term_timeout, env, "TERM_TIMEOUT", "--term-timeout", parse_seconds)
     delay = _from(args.term_delay, env, "TERM_DELAY", "--term-delay", parse_seconds)
     to_all = args.term_sent_to_all
@@ -218,7 +65,7 @@ def _parsed(text: str, what: str, parser: Callable[[str, str], T]) -> T:
         raise UsageError(str(error)) from None
 
 
-def init_options(args: argparse.Namespace, env: Mapping[str, str]) -> InitOptions:
+def init_options(args: Options, env: Mapping[str, str]) -> InitOptions:
     rewrites = {}
     for text in args.rewrite:
         try:
@@ -247,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             mark_inherited_descriptors_cloexec()
             return Init(invocation.command, options, env, log).run()
-        if args.status or args.scale is not None or args.reload:
+        if args.status or args.health or args.scale is not None or args.reload:
             return steer_pool(args, env)
         return run_pool(args, log)
     except UsageError as error:
@@ -257,30 +104,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def run_pool(args: argparse.Namespace, log: Log) -> int:
+def run_pool(args: Options, log: Log) -> int:
     """The pool: load the config (or the environment), then supervise; --check only reports."""
-    from pathlib import Path
+    from entrypoint.configprocess import read_at_start, reload_in_child, start_in_child
+    from entrypoint.poolconfig import ConfigError
 
-    from entrypoint.config import ConfigError, find_config_file, load_config, read_dotenv
-
-    cwd = Path.cwd()
+    cwd = os.getcwd()
     try:
-        read_dotenv(cwd, os.environ)  # before anything reads the environment; never overrides it
-        stop = stop_policy(args, os.environ)
-
-        # A reload reads the file found at start, even if it is gone by then: never another
-        # file, nor the environment, by surprise.
-        found = find_config_file(args.config, os.environ, cwd)
-        path = str(found) if found is not None else None
-
-        def load():
-            return load_config(path, os.environ, cwd)
-
-        config = load()
+        # --check may import anything; the pool reads in a child, so PID 1 never loads PyYAML.
+        started = read_at_start(args.config, cwd) if args.check else start_in_child(args.config, cwd)
     except ConfigError as error:
         for problem in error.problems:
             log.error(str(problem))
         return EXIT_USAGE
+    os.environ.update(started.dotenv)  # before anything else reads the environment
+    stop = stop_policy(args, os.environ)
+    config = started.config
+
+    def load() -> PoolConfig:
+        # A reload reads the file found at start, even if it is gone by then: never another
+        # file, nor the environment, by surprise.
+        return reload_in_child(started.path, cwd)
+
     if args.check:
         from entrypoint.console import print_config
 
@@ -306,10 +151,8 @@ def run_pool(args: argparse.Namespace, log: Log) -> int:
     return Supervisor(config, options, os.environ, PoolLog(args.verbose), load).run()
 
 
-def memory_limit(args: argparse.Namespace, config: PoolConfig) -> MemoryLimit:
+def memory_limit(args: Options, config: PoolConfig) -> MemoryLimit:
     """--memory-limit, then MEMORY_LIMIT, then the file's pool.memory_limit, then the cgroup's."""
-    from dataclasses import replace
-
     from entrypoint.memory import find_memory_limit
 
     try:
@@ -317,12 +160,12 @@ def memory_limit(args: argparse.Namespace, config: PoolConfig) -> MemoryLimit:
     except ValueError as error:
         raise UsageError(str(error)) from None
     if config.memory_limit and args.memory_limit is None and not os.environ.get("MEMORY_LIMIT", "").strip():
-        return replace(found, bytes=config.memory_limit, source=f"{config.source}: pool.memory_limit")
+        return found._replace(bytes=config.memory_limit, source=f"{config.source}: pool.memory_limit")
     return found
 
 
-def steer_pool(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """--status, --scale and --reload: one request to the running pool's control socket."""
+def steer_pool(args: Options, env: Mapping[str, str]) -> int:
+    """--status, --health, --scale and --reload: one request to the running pool's control socket."""
     from entrypoint.control import default_socket_path, request
 
     path = args.socket or default_socket_path(env)
@@ -331,16 +174,24 @@ def steer_pool(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if not sep or not count.isdigit():
             raise UsageError(f"--scale: expected GROUP=N, got {args.scale!r}")
         payload = {"command": "scale", "group": group, "count": int(count)}
+    elif args.health:
+        payload = {"command": "health"}
     else:
         payload = {"command": "status" if args.status else "reload"}
     try:
-        reply = request(path, payload)
+        reply = request(path, payload, timeout=HEALTH_TIMEOUT) if args.health else request(path, payload)
     except (OSError, ValueError) as error:
         Log().error(f"no pool answering at {path} ({error})")
         return EXIT_NO_POOL
     if "error" in reply:
         Log().error(str(reply["error"]))
         return EXIT_USAGE
+    if args.health:
+        if not reply["healthy"]:
+            Log().emit(ERROR, f"unhealthy: {reply['problem']}")
+            return EXIT_UNHEALTHY
+        print(f"healthy: {reply['running']} of {reply['wanted']} worker(s) running")
+        return 0
     from entrypoint.console import print_reply
 
     print_reply(payload["command"], reply, as_json=args.json)

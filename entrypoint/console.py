@@ -9,21 +9,18 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
+from entrypoint.text import one_line
+
 if TYPE_CHECKING:  # imported by the pool's --check only
     from rich.console import Console
 
-    from entrypoint.config import PoolConfig
+    from entrypoint.poolconfig import PoolConfig
     from entrypoint.shutdown import StopPolicy
 
 PREFIX = "entrypoint"
 
 ERROR, WARNING, INFO, DEBUG, TRACE = range(5)
 _STYLES = {ERROR: "bold red", WARNING: "yellow", INFO: "", DEBUG: "dim", TRACE: "dim"}
-
-
-def one_line(text: str) -> str:
-    """One line whatever a name or path holds: control characters are shown escaped, never obeyed."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Log:

@@ -6,18 +6,23 @@ import contextlib
 import json
 import os
 import socket
+import sys
 from collections.abc import Callable, Mapping
 
 _MAX_REQUEST = 64 * 1024
 
 
-def default_socket_path(env: Mapping[str, str]) -> str:
+def default_socket_path(env: Mapping[str, str], uid: int | None = None) -> str:
     """One socket per user, in a directory only that user may enter (no TCP port, no other user)."""
-    return env.get("POOL_SOCKET") or f"/tmp/entrypoint-{os.getuid()}/pool.sock"
+    return env.get("POOL_SOCKET") or f"/tmp/entrypoint-{os.getuid() if uid is None else uid}/pool.sock"
 
 
 class ControlServer:
-    """Accepts one JSON request per connection and answers with one JSON line."""
+    """Accepts one JSON request per connection and answers with one JSON line.
+
+    `modules` is answered here, for any pool: the modules this process has imported, so what
+    PID 1 carries can be checked from outside (a test holds it to no PyYAML, rich, redis, rq).
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -49,7 +54,12 @@ class ControlServer:
                 conn.settimeout(1.0)  # a silent client must not stall the pool's loop for long
                 try:
                     request = json.loads(_read_line(conn) or b"{}")
-                    reply = handle(request) if isinstance(request, dict) else {"error": "bad request"}
+                    if not isinstance(request, dict):
+                        reply = {"error": "bad request"}
+                    elif request.get("command") == "modules":
+                        reply = {"modules": sorted(sys.modules)}
+                    else:
+                        reply = handle(request)
                 except (OSError, ValueError) as error:
                     reply = {"error": f"bad request: {error}"}
                 with contextlib.suppress(OSError):

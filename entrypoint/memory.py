@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from entrypoint.reaper import below
 
@@ -42,8 +42,7 @@ _SIZE_HINT = "expected a size such as 512M, 1G or a number of bytes"
 _NO_CONTROLLER = "no cgroup memory controller found"
 
 
-@dataclass(frozen=True)
-class MemoryLimit:
+class MemoryLimit(NamedTuple):
     """bytes is None when no limit is known; source says where the number came from."""
 
     bytes: int | None
@@ -259,6 +258,11 @@ def workers_over_ceiling(usage: Mapping[int, int], ceiling: int) -> list[int]:
     """Workers using more than ceiling bytes, largest first."""
     over = [worker for worker, used in usage.items() if used > ceiling]
     return sorted(over, key=lambda worker: usage[worker], reverse=True)
+
+
+def guard_fraction(headroom: float) -> float:
+    """Where the pool guard acts: halfway between the headroom `auto` plans up to and the limit."""
+    return (1 + headroom) / 2
 
 
 def pick_for_pool_guard(

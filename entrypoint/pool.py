@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from entrypoint.config import Group, PoolConfig
+from entrypoint.poolconfig import Group, PoolConfig
 
 # This many quick exits in a row make a group "crash-looping": reported once, loudly.
 CRASH_LOOP_AFTER = 5
@@ -14,8 +13,7 @@ CRASH_LOOP_AFTER = 5
 SlotKey = tuple[str, int]  # (group name, slot number from 1)
 
 
-@dataclass(frozen=True)
-class Backoff:
+class Backoff(NamedTuple):
     """Per-slot exponential backoff: 0, min, 2*min, 4*min ... up to max, reset by a long enough life."""
 
     minimum: float = 1.0
@@ -38,20 +36,26 @@ class Backoff:
         return cls(config.backoff_min, config.backoff_max, config.backoff_reset)
 
 
-@dataclass
 class Worker:
     """One process we started, and what we asked of it."""
 
-    group: str
-    slot: int
-    pid: int
-    spec: Group
-    started: float
-    stop_sent: float | None = None  # when we asked it to stop (or decided to)
-    kill_at: float | None = None  # when it gets KILL if still alive
-    pss: int | None = None  # bytes at the last sample, its own children included
-    peak_pss: int = 0  # the most it has used: job peaks count when planning
-    samples: int = 0
+    __slots__ = ("group", "kill_at", "peak_pss", "pid", "pss", "samples", "slot", "spec", "started", "stop_sent")
+
+    def __init__(self, group: str, slot: int, pid: int, spec: Group, started: float, *,
+                 stop_sent: float | None = None, kill_at: float | None = None) -> None:
+        self.group = group
+        self.slot = slot
+        self.pid = pid
+        self.spec = spec
+        self.started = started
+        self.stop_sent = stop_sent  # when we asked it to stop (or decided to)
+        self.kill_at = kill_at  # when it gets KILL if still alive
+        self.pss: int | None = None  # bytes at the last sample, its own children included
+        self.peak_pss = 0  # the most it has used: job peaks count when planning
+        self.samples = 0
+
+    def __repr__(self) -> str:
+        return f"Worker({self.name} pid {self.pid})"
 
     @property
     def key(self) -> SlotKey:
@@ -62,8 +66,7 @@ class Worker:
         return f"{self.group}.{self.slot}"
 
 
-@dataclass(frozen=True)
-class SlotHistory:
+class SlotHistory(NamedTuple):
     """What the pool remembers about a slot across its workers' lives."""
 
     restarts: int = 0
@@ -72,14 +75,12 @@ class SlotHistory:
     last_exit: str | None = None
 
 
-@dataclass(frozen=True)
-class Start:
+class Start(NamedTuple):
     spec: Group
     slot: int
 
 
-@dataclass(frozen=True)
-class Stop:
+class Stop(NamedTuple):
     worker: Worker
     reason: str
 
@@ -87,7 +88,7 @@ class Stop:
 def same_definition(a: Group, b: Group) -> bool:
     """Whether a running worker still matches its group: everything but the count matters."""
     ignore = {"count": 0, "min_count": 0, "max_count": 0}
-    return dataclasses.replace(a, **ignore) == dataclasses.replace(b, **ignore)
+    return a._replace(**ignore) == b._replace(**ignore)
 
 
 def plan(
@@ -132,7 +133,7 @@ def after_exit(
     that simply returns at once) counts as a failure and pushes the next start back.
     """
     if expected:
-        return dataclasses.replace(before, last_exit=description)
+        return before._replace(last_exit=description)
     failures = 0 if lived >= backoff.reset_after else before.failures + 1
     return SlotHistory(
         restarts=before.restarts + 1,

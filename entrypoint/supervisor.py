@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import select
@@ -10,14 +9,15 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from entrypoint import memory, pool, reaper
-from entrypoint.config import ConfigError, Group, PoolConfig
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
+from entrypoint.health import first_problem, looping_slots, memory_problem
 from entrypoint.init import prepare_process
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
+from entrypoint.poolconfig import ConfigError, Group, PoolConfig
 from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
 from entrypoint.signals import Received, child_changed, signal_name
 from entrypoint.spawn import SpawnError, spawn
@@ -36,8 +36,7 @@ SUMMARY_SECONDS = 60.0
 WARM_SAMPLES = 3
 
 
-@dataclass(frozen=True)
-class PoolOptions:
+class PoolOptions(NamedTuple):
     stop: StopPolicy  # from flags and env; a group's own term_timeout wins for its workers
     stop_from_flags: bool  # --term-timeout/TERM_TIMEOUT given: the file's global value yields
     socket_path: str | None
@@ -246,8 +245,7 @@ class Supervisor:
         if self.limit.bytes is None or any(w.stop_sent is not None for w in self.workers.values()):
             return
         usage = {pid: w.pss or 0 for pid, w in self.workers.items()}
-        # `auto` plans up to the headroom; the guard acts halfway between it and the limit.
-        guard = (1 + self.config.memory_headroom) / 2
+        guard = memory.guard_fraction(self.config.memory_headroom)
         victim = memory.pick_for_pool_guard(usage, self.total_pss(), self.limit.bytes, guard)
         if victim is not None:
             worker = self.workers[victim]
@@ -376,7 +374,7 @@ class Supervisor:
             if self.options.stop.term_sent_to_all and worker.stop_sent is None:
                 # On Heroku an exit may be the platform's TERM arriving a moment before ours:
                 # a replacement started in between would never get a TERM at all.
-                history = dataclasses.replace(history, not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
+                history = history._replace(not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
             self.history[worker.key] = history
             if worker.stop_sent is not None:
                 self.log.info(f"{worker.name} pid {pid} stopped: {description}")
@@ -512,6 +510,8 @@ class Supervisor:
             return {"ok": True}
         if command == "status":
             return self.status()
+        if command == "health":
+            return self.health()
         if command == "reload":
             return self.reload()
         if command == "scale":
@@ -557,6 +557,24 @@ class Supervisor:
                 "oom_kills": self.read_oom_kills() - self.oom_kills_at_start,
             },
         }
+
+    def health(self) -> dict:
+        """--health: crash loops and memory from what the pool already knows (no walk over /proc)."""
+        now = time.monotonic()
+        counts = {name: count for name, (_, count) in self.effective_desired().items()}
+        uptimes = {w.key: now - w.started for w in self.workers.values() if w.stop_sent is None}
+        limit = self.limit
+        usage_now = (memory.read_usage(limit.cgroup_version, limit.cgroup_dir)
+                     if limit.bytes is not None and limit.cgroup_dir is not None and limit.cgroup_version is not None
+                     else None)
+        problem = first_problem(
+            self.stopping,
+            looping_slots(counts, uptimes, self.history, self.backoff.reset_after),
+            memory_problem(self.total_pss(), limit.bytes, memory.guard_fraction(self.config.memory_headroom),
+                           usage_now),
+        )
+        return {"healthy": problem is None, "problem": problem, "running": len(uptimes),
+                "wanted": sum(counts.values())}
 
     # -- output --------------------------------------------------------------------------------
 

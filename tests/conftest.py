@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from entrypoint.memory import cgroup_memory_dir
+from cgroup_fixture import memory_cgroup, pids_cgroup  # noqa: F401 - fixtures for every test module
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -33,6 +34,22 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def installed_tool(name: str, installed_by: str) -> str:
+    """The path of a program the project's test set-up installs; the test fails, never skips, without it.
+
+    The test extra's console scripts land next to this interpreter (.venv/bin), which need not be
+    on PATH; scripts/test's Debian packages land on PATH.
+    """
+    for directory in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        candidate = directory / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: {installed_by}", pytrace=False)
+    return found
 
 
 def marked_processes(mark: str, variable: str = MARK) -> list[tuple[int, str]]:
@@ -141,34 +158,3 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
     yield runner
     strays = runner.cleanup()
     assert not strays, f"processes left running: {strays}"
-
-
-@pytest.fixture
-def v1_cgroup() -> Iterator[Path]:
-    """A fresh child of our own v1 memory cgroup, removed (after its processes) at the end."""
-    texts = [Path("/proc/self", name).read_text() for name in ("cgroup", "mountinfo")]
-    found = cgroup_memory_dir(*texts)
-    if found is not None and found[0] != 1:
-        pytest.skip(f"this test needs a cgroup v1 memory controller, found v{found[0]}")
-    parent = found[1] if found else Path("/sys/fs/cgroup/memory")
-    group = parent / f"entrypoint-test-{uuid.uuid4().hex[:8]}"
-    try:
-        group.mkdir()
-    except OSError as error:
-        pytest.skip(f"cannot create a memory cgroup under {parent}: {error}")
-    try:
-        yield group
-    finally:
-        with contextlib.suppress(OSError):
-            for pid in (group / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)

@@ -1,8 +1,9 @@
 """A real, private redis-server for tests: `from redis_fixture import redis_server`.
 
 Starts `redis-server --port P --save '' --appendonly no` on a free port in a temporary
-directory, yields its URL (redis://127.0.0.1:P/0), and shuts it down afterwards. Tests that
-use it are skipped, with the reason, when redis-server is not installed.
+directory, yields its URL (redis://127.0.0.1:P/0), and shuts it down afterwards. Without
+redis-server the test fails, naming what installs it (scripts/test does): a test of ours that
+needs Redis never skips.
 """
 
 from __future__ import annotations
@@ -34,28 +35,30 @@ def _answers(port: int) -> bool:
         return False
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
-    """A redis-server answering PING, and its URL; a port taken meanwhile gets another try."""
+def start_redis(directory: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A redis-server answering PING, and its URL. On a free port a port taken meanwhile gets
+    another try; on a given one (a restart must come back where it was) there is one try."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    for _attempt in range(3):
-        port = free_port()
-        log = open(directory / f"redis-{port}.log", "wb")  # noqa: SIM115 - closed below
+        pytest.fail("redis-server is not installed: scripts/test installs it (apt-get install redis-server)",
+                    pytrace=False)
+    for _attempt in range(3 if port is None else 1):
+        chosen = port or free_port()
+        log_path = directory / f"redis-{chosen}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - closed below
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(directory)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while process.poll() is None and time.monotonic() < deadline:
-            if _answers(port):
-                return process, f"redis://127.0.0.1:{port}/0"
+            if _answers(chosen):
+                return process, f"redis://127.0.0.1:{chosen}/0"
             time.sleep(0.02)
         stop_redis(process)
-    log_text = (directory / f"redis-{port}.log").read_text(errors="replace")
-    pytest.fail(f"redis-server did not start:\n{log_text}")
+    pytest.fail(f"redis-server did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
 
 
 def stop_redis(process: subprocess.Popen) -> None:

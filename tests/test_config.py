@@ -12,16 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from entrypoint.config import (
-    MAX_COUNT,
-    ConfigError,
-    Group,
-    PoolConfig,
-    Problem,
-    find_config_file,
-    load_config,
-    read_dotenv,
-)
+from entrypoint.config import find_config_file, load_config, read_dotenv
+from entrypoint.poolconfig import MAX_COUNT, ConfigError, Group, PoolConfig, Problem
 
 # Most tests name a command so they do not depend on entrypoint.rqworker's default one.
 WORKER = {"WORKER_COMMAND": "work {queues}"}
@@ -479,7 +471,7 @@ def test_duplicate_keys(tmp_path: Path) -> None:
         ("q: 1\nr: 2\n  s: 3\n", 3, "YAML syntax error"),
         ("q: 1\n---\nr: 2\n", 2, "YAML syntax error"),
         ("q: 1\nr: \x07\n", 2, "not allowed in YAML"),
-        ("q: " + "[" * 5000, None, ""),
+        ("q: " + "[" * 5000, 1, "brackets open on one line"),
         ("{}\n", None, "no worker groups"),
     ],
 )

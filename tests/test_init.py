@@ -930,22 +930,35 @@ def test_child_owns_the_terminal_and_gets_ctrl_c(runner: Runner, tmp_path: Path)
 
 
 def test_ctrl_z_stops_the_child_and_the_init_so_the_shell_gets_the_terminal(runner: Runner) -> None:
-    """Job control end to end: an interactive bash runs the init; Ctrl-Z, `fg`, then Ctrl-C."""
+    """Job control end to end: an interactive bash runs the init; Ctrl-Z, `fg`, then Ctrl-C. At each
+    step the terminal's foreground process group is read from the terminal itself."""
     master, slave = os.openpty()
     screen = bytearray()
 
     def take_terminal() -> None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
+    def read_screen() -> None:
+        while select.select([master], [], [], 0)[0]:
+            try:
+                screen.extend(os.read(master, 4096))
+            except OSError:  # EIO: the shell has exited and closed the terminal
+                return
+
+    def foreground() -> int:
+        read_screen()  # a full terminal would block the shell
+        return os.tcgetpgrp(master)
+
     def type_and_wait(text: bytes, expected: bytes, timeout: float = 15) -> None:
+        """Type, then wait for `expected` in what the terminal shows after it (never what was there before)."""
+        start = len(screen)
         os.write(master, text)
         deadline = time.monotonic() + timeout
-        while expected not in screen:
+        while expected not in screen[start:]:
             if time.monotonic() > deadline:
                 pytest.fail(f"no {expected!r} on the terminal; it shows {bytes(screen[-400:])!r}")
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                screen.extend(os.read(master, 4096))
+            select.select([master], [], [], 0.1)
+            read_screen()
 
     shell = subprocess.Popen(["bash", "--norc", "--noprofile", "-i"], stdin=slave, stdout=slave,
                              stderr=slave, env=runner.env(PS1="$ ", TERM="dumb"), start_new_session=True,
@@ -953,15 +966,26 @@ def test_ctrl_z_stops_the_child_and_the_init_so_the_shell_gets_the_terminal(runn
     runner.started.append(shell)
     os.close(slave)
     try:
-        init = " ".join([*ENTRYPOINT, "sleep", "1000"])
-        type_and_wait(f"{init}\n".encode(), b"")
-        wait_for(lambda: any(Path(f"/proc/{p}/comm").read_text().strip() == "sleep"
-                             for p, state in marked_processes(runner.mark) if state != "Z"), 15, "sleep")
-        type_and_wait(b"\x1a", b"Stopped")
-        type_and_wait(b"echo shell-is-back\n", b"shell-is-back\r\n")
-        type_and_wait(b"fg\n", b"sleep 1000")
-        time.sleep(0.3)  # let the init hand the terminal back to the child
-        type_and_wait(b"\x03", b"$ ")
+        wait_for(lambda: foreground() == shell.pid, HANG, "the shell to own its terminal")
+        os.write(master, " ".join([*ENTRYPOINT, "sleep", "1000"]).encode() + b"\n")
+        child = wait_for(lambda: next((p for p, state in marked_processes(runner.mark)
+                                       if state != "Z" and comm(p) == "sleep"), None), HANG, "sleep")
+        init = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert pgid_of(child) == child != pgid_of(init), "the child leads a group of its own"
+        wait_for(lambda: foreground() == child, HANG, "the child to own the terminal")
+
+        os.write(master, b"\x1a")  # Ctrl-Z: the child stops, the init stops too, the shell takes over
+        wait_for(lambda: (process_state(child), process_state(init), foreground()) == ("T", "T", shell.pid),
+                 HANG, "the child and the init stopped, the terminal back with the shell")
+        type_and_wait(b"echo shell-is-$((40 + 2))\n", b"shell-is-42")
+
+        os.write(master, b"fg\n")  # the shell hands the terminal to the init, which hands it on
+        wait_for(lambda: foreground() == child and process_state(child) in ("S", "R")
+                 and process_state(init) in ("S", "R"), HANG, "the child running and owning the terminal again")
+
+        os.write(master, b"\x03")  # Ctrl-C reaches the child's group, which owns the terminal
+        wait_for(lambda: process_state(child) is None and process_state(init) is None and foreground() == shell.pid,
+                 HANG, "the child and the init gone, the terminal back with the shell")
         type_and_wait(b"echo status-$?\n", b"status-130")
         type_and_wait(b"exit\n", b"exit")
         shell.wait(timeout=10)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cgroup_fixture import Cgroup
 
 from entrypoint.memory import (
     MemoryLimit,
@@ -208,22 +209,31 @@ def test_parse_size_rejects(text: str | int) -> None:
 # ---------------------------------------------------------------- find_memory_limit
 
 
-def test_own_limit_is_consistent() -> None:
+def test_own_limit_is_the_tightest_limit_on_our_cgroup_path() -> None:
+    """Checked against the files themselves: the smallest limit from our memory cgroup up through
+    its parents, or none when every level says max (or v1's near-2^63)."""
     found = find_memory_limit(None, {})
-    assert isinstance(found, MemoryLimit)
-    if found.bytes is None:
-        assert found.source in (
-            "the cgroup says max",
-            "no cgroup memory controller found",
-        )
+    located = cgroup_memory_dir(*(Path("/proc/self", name).read_text() for name in ("cgroup", "mountinfo")))
+    if located is None:
+        assert found == MemoryLimit(None, "no cgroup memory controller found", None)
+        return
+    version, directory = located
+    name = "memory.limit_in_bytes" if version == 1 else "memory.max"
+    if not (directory / name).exists():  # the v2 root, or memory not delegated to our cgroup
+        assert found == MemoryLimit(None, "no cgroup memory controller found", None)
+        return
+    limits = []
+    for level in (directory, *directory.parents):
+        text = (level / name).read_text().strip() if (level / name).exists() else "max"
+        if text != "max" and int(text) < 2**62:
+            limits.append((int(text), level / name))
+    if limits:
+        size, file = min(limits)
+        assert found == MemoryLimit(size, f"cgroup v{version} {file}", directory, version)
     else:
-        assert found.bytes > 0
-        assert found.source.startswith(("cgroup v1 ", "cgroup v2 "))
-        assert Path(found.source.split(" ", 2)[2]).is_file()
-    if found.cgroup_dir is not None:
-        assert found.cgroup_dir.is_dir()
-        assert found.cgroup_version in (1, 2)
-        assert read_usage(found.cgroup_version, found.cgroup_dir) is not None
+        assert found == MemoryLimit(None, "the cgroup says max", directory, version)
+    usage = read_usage(version, directory)
+    assert usage is not None and usage > 0, "our own cgroup is charged for our own memory"
 
 
 def test_flag_beats_variable_beats_cgroup() -> None:
@@ -450,7 +460,7 @@ def test_real_pss_of_a_gone_process_is_none() -> None:
     assert read_pss(int(done.stdout)) is None
 
 
-# ---------------------------------------------------------------- real cgroup v1
+# ---------------------------------------------------------------- real cgroups, v1 and v2
 
 
 REPORT = """
@@ -459,48 +469,58 @@ from entrypoint.memory import find_memory_limit, read_usage
 sys.stdin.readline()
 found = find_memory_limit(None, {})
 usage = read_usage(found.cgroup_version, found.cgroup_dir) if found.cgroup_dir else None
-print(json.dumps({"bytes": found.bytes, "source": found.source,
+print(json.dumps({"bytes": found.bytes, "source": found.source, "version": found.cgroup_version,
                   "dir": str(found.cgroup_dir), "usage": usage}), flush=True)
 """
 
 
-def _join_cgroup(process: subprocess.Popen[str], group: Path) -> None:
-    (group / "cgroup.procs").write_text(str(process.pid))
-
-
-def test_real_child_in_a_256m_cgroup_finds_its_limit(v1_cgroup: Path) -> None:
-    (v1_cgroup / "memory.limit_in_bytes").write_text(str(256 * MiB))
+def _report_from_inside(group: Cgroup) -> dict:
+    """What find_memory_limit says in a child that has joined `group`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MEMORY_LIMIT", None)
     with _started("-c", REPORT, cwd=ROOT, env=env) as child:
-        _join_cgroup(child, v1_cgroup)
+        group.add(child.pid)
         assert child.stdin is not None
         child.stdin.write("go\n")
         child.stdin.flush()
-        report = json.loads(_read_line(child, 30))
+        return json.loads(_read_line(child, 30))
+
+
+def test_real_child_in_a_256m_cgroup_finds_its_limit(memory_cgroup: Cgroup) -> None:
+    memory_cgroup.limit_memory(256 * MiB)
+    report = _report_from_inside(memory_cgroup)
     assert report["bytes"] == 256 * MiB
-    assert report["source"] == f"cgroup v1 {v1_cgroup / 'memory.limit_in_bytes'}"
-    assert report["dir"] == str(v1_cgroup)
+    assert report["source"] == f"cgroup v{memory_cgroup.version} {memory_cgroup.memory_limit_file}"
+    assert report["version"] == memory_cgroup.version
+    assert report["dir"] == str(memory_cgroup.path)
     assert isinstance(report["usage"], int)
     assert report["usage"] > 0
-    assert read_limit(1, v1_cgroup) == 256 * MiB
-    assert read_oom_kills(1, v1_cgroup) == 0
+    assert read_limit(memory_cgroup.version, memory_cgroup.path) == 256 * MiB
+    assert read_oom_kills(memory_cgroup.version, memory_cgroup.path) == 0
 
 
-def test_real_oom_kill_is_counted(v1_cgroup: Path) -> None:
-    if "oom_kill " not in (v1_cgroup / "memory.oom_control").read_text():
-        pytest.skip("memory.oom_control has no oom_kill line on this kernel")
-    (v1_cgroup / "memory.limit_in_bytes").write_text(str(64 * MiB))
-    with contextlib.suppress(OSError):
-        # Without this, swap could absorb the overshoot instead of the OOM killer.
-        (v1_cgroup / "memory.memsw.limit_in_bytes").write_text(str(64 * MiB))
+def test_real_child_below_a_tighter_parent_finds_the_parents_limit(memory_cgroup: Cgroup) -> None:
+    memory_cgroup.limit_memory(192 * MiB)
+    inner = memory_cgroup.child("inner")
+    inner.limit_memory(GiB)
+    report = _report_from_inside(inner)
+    assert (report["bytes"], report["source"]) == (
+        192 * MiB, f"cgroup v{memory_cgroup.version} {memory_cgroup.memory_limit_file}")
+    assert report["dir"] == str(inner.path), "usage and OOM kills still come from our own group"
+
+
+def test_real_oom_kill_is_counted(memory_cgroup: Cgroup) -> None:
+    events = memory_cgroup / ("memory.oom_control" if memory_cgroup.version == 1 else "memory.events")
+    if "oom_kill " not in events.read_text():
+        pytest.skip(f"{events.name} has no oom_kill line on this kernel (added in Linux 4.13)")
+    memory_cgroup.limit_memory(64 * MiB)
     hog = "import sys; sys.stdin.readline(); b = bytearray(256 << 20)\n" + (
         "for i in range(0, len(b), 4096): b[i] = 1\n"
     )
     with _started("-c", hog) as child:
-        _join_cgroup(child, v1_cgroup)
+        memory_cgroup.add(child.pid)
         assert child.stdin is not None
         child.stdin.write("go\n")
         child.stdin.flush()
         assert child.wait(timeout=60) == -signal.SIGKILL
-    assert read_oom_kills(1, v1_cgroup) >= 1
+    assert read_oom_kills(memory_cgroup.version, memory_cgroup.path) == 1

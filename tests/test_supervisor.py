@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import signal
@@ -12,12 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAMS, Runner, wait_for
+from conftest import PROGRAMS, Runner, marked_processes, process_state, wait_for
 
 from entrypoint.control import request
 
 WORKER = [sys.executable, str(PROGRAMS / "worker.py"), "{queues}"]
 ARTICLE = "send_welcome_email: 5\ncrunch_data: 10\n"
+TERM_TIMEOUT = 3.0  # every Pool's pool.term_timeout
+MARGIN = 2.0  # on top of a configured time: python's start-up on a loaded 2-core machine, and our polling
 
 
 class Pool:
@@ -26,6 +30,8 @@ class Pool:
     def __init__(self, runner: Runner, tmp_path: Path, config: str, *args: str,
                  namespace: bool = False, settings: str = "", **env: str) -> None:
         self.tmp_path = tmp_path
+        self.mark = runner.mark
+        self.namespace = namespace
         self.log = tmp_path / "workers.jsonl"
         self.socket = str(tmp_path / "pool.sock")
         self.config = tmp_path / "pool.yml"
@@ -39,7 +45,7 @@ class Pool:
     def write_config(self, text: str) -> None:
         command = json.dumps(WORKER)
         self.config.write_text(
-            text + f"pool:\n  command: {command}\n  term_timeout: 3\n{self.settings}"
+            text + f"pool:\n  command: {command}\n  term_timeout: {TERM_TIMEOUT:g}\n{self.settings}"
         )
 
     def events(self, event: str | None = None, role: str | None = "worker") -> list[dict]:
@@ -69,6 +75,18 @@ class Pool:
 
     def kill(self, signum: int) -> None:
         os.kill(self.pid, signum)
+
+    def host_pid(self, pid: int) -> int:
+        """Our pid for a process the pool or a worker reported: theirs are the namespace's when the pool is PID 1."""
+        if not self.namespace:
+            return pid
+        for host, _state in marked_processes(self.mark):
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{host}/status").read_text()
+                levels = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[1:]
+                if len(levels) > 1 and int(levels[-1]) == pid:
+                    return host
+        pytest.fail(f"no process of this test is pid {pid} in the pool's namespace")
 
     def finish(self, timeout: float = 20) -> tuple[int, str]:
         try:
@@ -140,14 +158,24 @@ def test_term_reaches_the_worker_but_not_its_process_group(runner, tmp_path):
 
 def test_worker_ignoring_term_is_killed_at_the_term_timeout_and_exit_is_1(runner, tmp_path):
     pool = Pool(runner, tmp_path, "q: 2\n", WORKER_ON_TERM="ignore")
-    pool.wait_running(2)
-    started = time.monotonic()
+    workers = pool.wait_running(2)
+    sent = time.monotonic()
     pool.kill(signal.SIGTERM)
+    wait_for(lambda: all(signals_to(pool, pid) == [signal.SIGTERM] for pid in workers.values()), 10,
+             "TERM at both workers")
+    took = {name: gone_after(pid, sent) for name, pid in workers.items()}
     code, output = pool.finish()
-    took = time.monotonic() - started
     assert code == 1, output
-    assert 2.5 < took < 10, took
-    assert "KILL" in output
+    # The file's term_timeout, not the 8 s default: KILL no sooner and not much later.
+    assert all(TERM_TIMEOUT <= seconds <= TERM_TIMEOUT + MARGIN for seconds in took.values()), took
+    for name, pid in workers.items():
+        assert f"{name} pid {pid} still running after " in output and output.count(f"{name} pid {pid} still") == 1
+
+
+def gone_after(pid: int, since: float) -> float:
+    """Seconds from `since` until the process has died (gone, or a zombie not yet reaped)."""
+    wait_for(lambda: process_state(pid) in (None, "Z"), 30, f"pid {pid} to die")
+    return time.monotonic() - since
 
 
 def test_second_term_stops_now(runner, tmp_path):
@@ -230,16 +258,41 @@ def test_winch_stops_workers_and_hup_brings_them_back(runner, tmp_path):
     assert pool.finish()[0] == 0
 
 
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 0.8
+
+
+def expected_backoff(failures: int) -> float:
+    """pool.Backoff.delay without its jitter: 0 after one quick exit, then min, 2 x min ... up to max."""
+    return 0.0 if failures <= 1 else min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (failures - 2))
+
+
 def test_crash_loop_backs_off_and_is_reported_once(runner, tmp_path):
-    pool = Pool(runner, tmp_path, "bad:\n  count: 1\n  command: [false]\n")
-    time.sleep(10)
-    pool.kill(signal.SIGTERM)
+    starts = tmp_path / "starts"
+    command = json.dumps(["sh", "-c", f"date +%s.%N >> {starts}; exit 1"])
+    pool = Pool(runner, tmp_path, f"bad:\n  count: 1\n  command: {command}\n",
+                settings=f"  backoff_min: {BACKOFF_MIN}\n  backoff_max: {BACKOFF_MAX}\n")
+    wait_for(lambda: len(words(starts)) >= 9, 30, "nine starts")
+    pool.kill(signal.SIGTERM)  # the tenth cannot come sooner than 0.75 x backoff_max from now
     code, output = pool.finish()
     assert code == 0, output
-    spawns = output.count("spawned bad.1")
-    assert 2 <= spawns <= 5, output
-    assert output.count("is crash-looping") <= 1
-    assert "exited with status 1" in output
+    times = [float(word) for word in words(starts)]
+    assert output.count("spawned bad.1") == len(times) == 9, output
+    # Each start waits for the backoff of the quick exits before it (+-25% jitter), never less.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    for failures, gap in enumerate(gaps, start=1):
+        delay = expected_backoff(failures)
+        assert 0.75 * delay <= gap <= 1.25 * delay + MARGIN, (failures, [round(g, 2) for g in gaps])
+    # Reported once, at the fifth quick exit in a row: after the fifth start, before the sixth.
+    lines = output.splitlines()
+    reports = [i for i, line in enumerate(lines) if "is crash-looping" in line]
+    spawns = [i for i, line in enumerate(lines) if "spawned bad.1" in line]
+    assert len(reports) == 1, output
+    assert spawns[4] < reports[0] < spawns[5], output
+    assert "bad.1 exited with status 1" in lines[reports[0]] and "5 quick exits in a row" in lines[reports[0]]
+
+
+def words(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
 
 
 def test_exit_on_crash_loop_exits_3(runner, tmp_path):
@@ -262,14 +315,39 @@ def test_missing_command_is_a_configuration_error_not_a_crash(runner, tmp_path):
     assert output.count("spawned") == 0
 
 
-def test_heroku_term_to_every_process_reaches_each_worker_once(runner, tmp_path):
-    pool = Pool(runner, tmp_path, "q: 3\n", namespace=True, DYNO="worker.1")
+# As PID 1 of a namespace the kernel KILLs everything left when the pool exits, so "nothing left
+# behind" can only fail outside one: each of these runs both ways, and checks what it claims while
+# the pool is still alive.
+ids_ns = pytest.mark.parametrize("namespace", [True, False], ids=["pid1", "subreaper"])
+
+
+def platform_term_to_every_process(pool: Pool, runner: Runner, namespace: bool) -> None:
+    """Heroku's shutdown: TERM to every process of the dyno at once; the pool's own comes from the test."""
+    if namespace:  # kill(-1) from inside the namespace reaches all but PID 1
+        subprocess.run(["nsenter", "-t", str(pool.pid), "-p", "-m", "sh", "-c", "kill -TERM -1"],
+                       timeout=10, check=True)
+        return
+    for pid, state in marked_processes(runner.mark):
+        if pid != pool.pid and state != "Z":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rfind(")") + 2:].split()[1])
+
+
+@ids_ns
+def test_heroku_term_to_every_process_reaches_each_worker_once(runner, tmp_path, namespace):
+    pool = Pool(runner, tmp_path, "q: 3\n", namespace=namespace, DYNO="worker.1")
     workers = pool.wait_running(3)
-    # Heroku's shutdown: TERM to every process in the dyno at once. kill(-1) from inside the
-    # namespace reaches all but PID 1, so PID 1 gets its own - here a little later, as can
-    # happen: workers that already exited must not be replaced by ones that never get a TERM.
-    subprocess.run(["nsenter", "-t", str(pool.pid), "-p", "-m", "sh", "-c", "kill -TERM -1"],
-                   timeout=10)
+    # PID 1 gets its own TERM a little later, as can happen: workers that already exited must not be
+    # replaced by ones that never get a TERM.
+    platform_term_to_every_process(pool, runner, namespace)
     time.sleep(0.3)
     pool.kill(signal.SIGTERM)
     code, output = pool.finish()
@@ -279,28 +357,56 @@ def test_heroku_term_to_every_process_reaches_each_worker_once(runner, tmp_path)
     assert output.count("spawned") == 3
 
 
-def test_heroku_leftovers_are_not_sent_a_second_term_and_die_at_the_deadline(runner, tmp_path):
-    pool = Pool(runner, tmp_path, "q: 1\n", namespace=True, DYNO="worker.1", WORKER_HELPER="1",
+@ids_ns
+def test_heroku_leftovers_are_not_sent_a_second_term_and_die_at_the_deadline(runner, tmp_path, namespace):
+    pool = Pool(runner, tmp_path, "q: 1\n", namespace=namespace, DYNO="worker.1", WORKER_HELPER="1",
                 HELPER_ON_TERM="ignore")
     pool.wait_running(1)
     helper = wait_for(lambda: pool.events("start", role="helper"), 10, "the helper")[0]["pid"]
-    subprocess.run(["nsenter", "-t", str(pool.pid), "-p", "-m", "sh", "-c", "kill -TERM -1"],
-                   timeout=10)
+    helper_here = pool.host_pid(helper)
+    platform_term_to_every_process(pool, runner, namespace)
+    sent = time.monotonic()
     pool.kill(signal.SIGTERM)
+    wait_for(lambda: parent_of(helper_here) == pool.pid, 10, "the pool to adopt the helper its worker left")
+    took = gone_after(helper_here, sent)
     code, output = pool.finish()
     assert "left behind by workers: they have the platform's TERM" in output
-    assert signals_to(pool, helper) == [signal.SIGTERM]
+    assert signals_to(pool, helper) == [signal.SIGTERM], "only the platform's TERM"
+    assert TERM_TIMEOUT <= took <= TERM_TIMEOUT + MARGIN, f"KILLed {took:.2f}s after the pool's TERM"
     assert code == 1, "the helper ignored TERM and was KILLed at the deadline"
 
 
-def test_pool_as_pid_1_reaps_orphans_and_leaves_nothing_behind(runner, tmp_path):
-    pool = Pool(runner, tmp_path, "q: 2\n", namespace=True, WORKER_DAEMON="1")
-    pool.wait_running(2)
-    wait_for(lambda: len(pool.events("start", role="daemon")) == 2, 10, "the daemons")
+@ids_ns
+def test_pool_reaps_orphans_and_sweeps_what_workers_leave_behind(runner, tmp_path, namespace):
+    pool = Pool(runner, tmp_path, "q: 2\n", namespace=namespace, WORKER_DAEMON="1")
+    workers = pool.wait_running(2)
+    daemons = wait_for(lambda: (d := {r["worker"]: r["pid"] for r in pool.events("start", role="daemon")})
+                       and len(d) == 2 and d, 10, "a daemon from each worker")
+
+    # While the pool runs: a worker dies, its daemon is adopted by the pool, then dies and is reaped.
+    orphan = pool.host_pid(daemons["q.1"])
+    os.kill(pool.host_pid(workers["q.1"]), signal.SIGKILL)
+    wait_for(lambda: parent_of(orphan) == pool.pid, 10, "the pool to adopt the orphaned daemon")
+    os.kill(orphan, signal.SIGKILL)
+    wait_for(lambda: process_state(orphan) is None, 10, "the pool to reap the orphan (no zombie stays)")
+    wait_for(lambda: (r := pool.running()) and len(r) == 2 and r["q.1"] != workers["q.1"], 10, "q.1 replaced")
+
+    # The stop: workers exit on TERM; their daemons, orphaned and ignoring TERM, get TERM from the
+    # pool, then KILL at the term timeout, while the pool waits for them.
+    left = wait_for(lambda: (d := [r["pid"] for r in pool.events("start", role="daemon") if r["pid"] != daemons["q.1"]])
+                    and len(d) == 2 and d, 10, "the replacement's daemon")
+    left_here = [pool.host_pid(pid) for pid in left]
+    sent = time.monotonic()
     pool.kill(signal.SIGTERM)
+    wait_for(lambda: all(signals_to(pool, pid) == [signal.SIGTERM] for pid in left), 10, "TERM at the daemons")
+    assert pool.process.poll() is None, "the pool exited before what its workers left was gone"
+    assert all(parent_of(pid) == pool.pid for pid in left_here), "the pool adopted the daemons"
+    took = [gone_after(pid, sent) for pid in left_here]
     code, output = pool.finish()
-    assert "2 process(es) left behind by workers" in output
+    assert all(TERM_TIMEOUT <= seconds <= TERM_TIMEOUT + MARGIN for seconds in took), took
+    assert "2 process(es) left behind by workers: TERM" in output
     assert code == 1, "the daemons ignored TERM and had to be KILLed"
+    assert [p for p in marked_processes(runner.mark) if p[1] != "Z"] == []
 
 
 def test_status_json_and_scale_and_reload_over_the_socket(runner, tmp_path):
@@ -315,7 +421,9 @@ def test_status_json_and_scale_and_reload_over_the_socket(runner, tmp_path):
     rows = reply["workers"]
     assert [(r["group"], r["slot"], r["state"]) for r in rows] == [("a", 1, "running")]
     table = runner.run([*control, "--status"])
-    assert "a" in table.stdout and "running" in table.stdout
+    cells = [[cell.strip() for cell in line.split("\u2502")] for line in table.stdout.splitlines()]
+    assert [row[:4] for row in cells if len(row) == 8 and row[0] != "group"] == [
+        ["a", "1", str(rows[0]["pid"]), "running"]], table.stdout
     assert "memory: " in table.stdout and "in all, the manager" in table.stdout
     assert rows_memory(status.stdout), "every running worker's memory is shown"
     assert runner.run([*control, "--scale", "a=3"]).returncode == 0
@@ -338,7 +446,8 @@ def test_status_with_no_pool_exits_4(runner, tmp_path):
 
 
 def test_hundred_workers_start(runner, tmp_path):
-    pool = Pool(runner, tmp_path, "many: 100\n")
+    # A grace that only catches a hang: a hundred exits on a busy 2-core machine can take seconds.
+    pool = Pool(runner, tmp_path, "many:\n  count: 100\n  term_timeout: 60\n")
     pool.wait_running(100, timeout=60)
     pool.kill(signal.SIGTERM)
     assert pool.finish()[0] == 0
@@ -358,8 +467,6 @@ def test_prefix_puts_each_worker_line_behind_its_name(runner, tmp_path):
 
 
 def marked_sleeps(runner: Runner) -> list[int]:
-    from conftest import marked_processes
-
     return [pid for pid, state in marked_processes(runner.mark)
             if state != "Z" and Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"]
 

@@ -3,7 +3,7 @@
 WORKER_ON_TERM: "exit" (default), "ignore", or a number of seconds to finish the "job" first.
 WORKER_HELPER=1: also start a helper child in the worker's process group that logs its signals
 (and exits on TERM, unless HELPER_ON_TERM=ignore).
-WORKER_DAEMON=1: also leave a daemon behind (its own session) that ignores TERM.
+WORKER_DAEMON=1: also leave a daemon behind (its own session) that logs TERM and stays.
 """
 
 import json
@@ -45,7 +45,6 @@ if ROLE == "worker":
         ROLE = "helper"
     elif os.environ.get("WORKER_DAEMON") == "1" and os.fork() == 0:
         os.setsid()
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         ROLE = "daemon"
 note("start", queues=os.environ.get("QUEUES"), group=os.environ.get("POOL_GROUP"),
      slot=os.environ.get("POOL_SLOT"), pool=os.environ.get("POOL_ID"), argv=sys.argv[1:])
