@@ -346,7 +346,8 @@ def test_a_rewritten_job_control_signal_is_passed_on_as_rewritten_and_the_init_s
 
 
 class InteractiveShell:
-    """An interactive bash on a pseudo-terminal: what the user types, what the terminal shows."""
+    """An interactive bash on a pseudo-terminal: what the user types, what the terminal shows, and
+    its foreground process group read from the terminal itself."""
 
     def __init__(self, runner: Runner) -> None:
         self.master, slave = os.openpty()
@@ -361,19 +362,30 @@ class InteractiveShell:
         runner.started.append(self.process)
         os.close(slave)
 
-    def type_and_wait(self, text: bytes, expected: bytes) -> None:
-        os.write(self.master, text)
-        deadline = time.monotonic() + HANG
-        while expected not in self.screen:
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {expected!r} on the terminal; it shows {bytes(self.screen[-400:])!r}")
-            ready, _, _ = select.select([self.master], [], [], 0.1)
-            if ready:
+    def read_screen(self) -> None:
+        while select.select([self.master], [], [], 0)[0]:
+            try:
                 self.screen.extend(os.read(self.master, 4096))
+            except OSError:  # EIO: the shell has exited and closed the terminal
+                return
 
     def foreground(self) -> int:
-        """The terminal's foreground process group."""
+        self.read_screen()  # a full terminal would block the shell
         return os.tcgetpgrp(self.master)
+
+    def type(self, text: bytes) -> None:
+        os.write(self.master, text)
+
+    def type_and_wait(self, text: bytes, expected: bytes, timeout: float = 15) -> None:
+        """Type, then wait for `expected` in what the terminal shows after it (never what was there before)."""
+        start = len(self.screen)
+        self.type(text)
+        deadline = time.monotonic() + timeout
+        while expected not in self.screen[start:]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {expected!r} on the terminal; it shows {bytes(self.screen[-400:])!r}")
+            select.select([self.master], [], [], 0.1)
+            self.read_screen()
 
     def close(self) -> None:
         os.close(self.master)
@@ -382,19 +394,20 @@ class InteractiveShell:
 def test_bg_leaves_the_terminal_with_the_shell_and_fg_gives_it_back_to_the_job(runner: Runner) -> None:
     shell = InteractiveShell(runner)
     try:
-        shell.type_and_wait(" ".join([*ENTRYPOINT, "sleep", "1000"]).encode() + b"\n", b"sleep 1000")
+        wait_for(lambda: shell.foreground() == shell.process.pid, HANG, "the shell to own its terminal")
+        shell.type(" ".join([*ENTRYPOINT, "sleep", "1000"]).encode() + b"\n")
         child = wait_for(lambda: next((p for p, state in marked_processes(runner.mark)
                                        if state != "Z" and comm(p) == "sleep"), None), HANG, "sleep")
-        wait_for(lambda: shell.foreground() == child, HANG, "the child to get the terminal")
+        init = ppid_of(child)
+        wait_for(lambda: shell.foreground() == child, HANG, "the child to own the terminal")
         shell.type_and_wait(b"\x1a", b"Stopped")
         shell.type_and_wait(b"bg\n", b"&")
         wait_for(lambda: process_state(child) not in ("T", None), HANG, "the child to run again")
-        assert shell.foreground() == os.getpgid(shell.process.pid)  # the init did not take it back
+        assert shell.foreground() == shell.process.pid  # the init did not take it back
         shell.type_and_wait(b"echo shell-has-it\n", b"shell-has-it\r\n")
         # bash's `fg` of a running job gives the terminal to the job (the init's group) and sends
         # no CONT: the init cannot know, and passes Ctrl-C and Ctrl-Z on from there. A CONT (zsh
         # sends one) tells it, and it hands the terminal to the child.
-        init = ppid_of(child)
         shell.type_and_wait(b"fg\n", b"sleep 1000\r\n")
         wait_for(lambda: shell.foreground() == init, HANG, "the init's group to get the terminal")
         os.kill(init, signal.SIGCONT)
@@ -932,62 +945,31 @@ def test_child_owns_the_terminal_and_gets_ctrl_c(runner: Runner, tmp_path: Path)
 def test_ctrl_z_stops_the_child_and_the_init_so_the_shell_gets_the_terminal(runner: Runner) -> None:
     """Job control end to end: an interactive bash runs the init; Ctrl-Z, `fg`, then Ctrl-C. At each
     step the terminal's foreground process group is read from the terminal itself."""
-    master, slave = os.openpty()
-    screen = bytearray()
-
-    def take_terminal() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    def read_screen() -> None:
-        while select.select([master], [], [], 0)[0]:
-            try:
-                screen.extend(os.read(master, 4096))
-            except OSError:  # EIO: the shell has exited and closed the terminal
-                return
-
-    def foreground() -> int:
-        read_screen()  # a full terminal would block the shell
-        return os.tcgetpgrp(master)
-
-    def type_and_wait(text: bytes, expected: bytes, timeout: float = 15) -> None:
-        """Type, then wait for `expected` in what the terminal shows after it (never what was there before)."""
-        start = len(screen)
-        os.write(master, text)
-        deadline = time.monotonic() + timeout
-        while expected not in screen[start:]:
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {expected!r} on the terminal; it shows {bytes(screen[-400:])!r}")
-            select.select([master], [], [], 0.1)
-            read_screen()
-
-    shell = subprocess.Popen(["bash", "--norc", "--noprofile", "-i"], stdin=slave, stdout=slave,
-                             stderr=slave, env=runner.env(PS1="$ ", TERM="dumb"), start_new_session=True,
-                             preexec_fn=take_terminal)
-    runner.started.append(shell)
-    os.close(slave)
+    terminal = InteractiveShell(runner)
+    shell, foreground = terminal.process, terminal.foreground
     try:
         wait_for(lambda: foreground() == shell.pid, HANG, "the shell to own its terminal")
-        os.write(master, " ".join([*ENTRYPOINT, "sleep", "1000"]).encode() + b"\n")
+        terminal.type(" ".join([*ENTRYPOINT, "sleep", "1000"]).encode() + b"\n")
         child = wait_for(lambda: next((p for p, state in marked_processes(runner.mark)
                                        if state != "Z" and comm(p) == "sleep"), None), HANG, "sleep")
-        init = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        init = ppid_of(child)
         assert pgid_of(child) == child != pgid_of(init), "the child leads a group of its own"
         wait_for(lambda: foreground() == child, HANG, "the child to own the terminal")
 
-        os.write(master, b"\x1a")  # Ctrl-Z: the child stops, the init stops too, the shell takes over
+        terminal.type(b"\x1a")  # Ctrl-Z: the child stops, the init stops too, the shell takes over
         wait_for(lambda: (process_state(child), process_state(init), foreground()) == ("T", "T", shell.pid),
                  HANG, "the child and the init stopped, the terminal back with the shell")
-        type_and_wait(b"echo shell-is-$((40 + 2))\n", b"shell-is-42")
+        terminal.type_and_wait(b"echo shell-is-$((40 + 2))\n", b"shell-is-42")
 
-        os.write(master, b"fg\n")  # the shell hands the terminal to the init, which hands it on
+        terminal.type(b"fg\n")  # the shell hands the terminal to the init, which hands it on
         wait_for(lambda: foreground() == child and process_state(child) in ("S", "R")
                  and process_state(init) in ("S", "R"), HANG, "the child running and owning the terminal again")
 
-        os.write(master, b"\x03")  # Ctrl-C reaches the child's group, which owns the terminal
+        terminal.type(b"\x03")  # Ctrl-C reaches the child's group, which owns the terminal
         wait_for(lambda: process_state(child) is None and process_state(init) is None and foreground() == shell.pid,
                  HANG, "the child and the init gone, the terminal back with the shell")
-        type_and_wait(b"echo status-$?\n", b"status-130")
-        type_and_wait(b"exit\n", b"exit")
+        terminal.type_and_wait(b"echo status-$?\n", b"status-130")
+        terminal.type_and_wait(b"exit\n", b"exit")
         shell.wait(timeout=10)
     finally:
-        os.close(master)
+        terminal.close()
