@@ -305,6 +305,13 @@ def test_job_control_signal_stops_the_childs_group_then_the_init_and_cont_wakes_
     def recorders_logged() -> list[list[int]]:
         return [recorded(log) for log in logs]
 
+    def both_logged_cont() -> bool:
+        gone = [pid for pid in (process.pid, *group) if process_state(pid) in (None, "Z")]
+        if gone:  # say what happened rather than time out
+            pytest.fail(f"{gone} of {[process.pid, *group]} gone; logged {recorders_logged()}; the init's "
+                        f"log:\n{read_err(process)}")
+        return all(recorders_logged())
+
     os.kill(process.pid, signum)
     status = wait_job_report(process, os.WUNTRACED, "the init to stop")
     assert os.WSTOPSIG(status) == signal.SIGSTOP
@@ -312,7 +319,7 @@ def test_job_control_signal_stops_the_childs_group_then_the_init_and_cont_wakes_
     assert recorders_logged() == [[], []]  # STOP, not the catchable signal
     os.kill(process.pid, signal.SIGCONT)
     wait_job_report(process, os.WCONTINUED, "the init to continue")
-    wait_for(lambda: all(recorders_logged()), HANG, "both recorders to get CONT")
+    wait_for(both_logged_cont, HANG, "both recorders to get CONT")
     assert recorders_logged() == [[signal.SIGCONT]] * 2  # the whole group, although without -g
     assert "T" not in [process_state(pid) for pid in (process.pid, *group)]
     os.kill(process.pid, signal.SIGTERM)  # kills the shell; the recorders get the leftovers' TERM
@@ -333,6 +340,7 @@ def test_a_rewritten_job_control_signal_is_passed_on_as_rewritten_and_the_init_s
     child = the_child(process.pid)
     os.kill(process.pid, signal.Signals["SIG" + rewrite.split(":")[0]])
     wait_job_report(process, os.WUNTRACED, "the init to stop")
+    wait_recorded(log, passed_on)  # before the next signal: the recorder takes one at a time
     # The rewrite replaced the STOP: the child runs on and takes a signal while the init is stopped.
     os.kill(child, signal.SIGUSR2)
     wait_recorded(log, [*passed_on, signal.SIGUSR2])
