@@ -55,21 +55,27 @@ def describe(status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 
+def stat_fields(pid: int | str, proc: str | os.PathLike[str] = "/proc") -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...), None when it is gone.
+
+    comm (field 2) may hold spaces and ")"; the fields after the last ")" do not.
+    """
+    try:
+        with open(f"{os.fspath(proc)}/{pid}/stat", "rb") as stat:
+            text = stat.read().decode("ascii", "replace")
+    except OSError:
+        return None  # exited while we looked
+    return text[text.rfind(")") + 1 :].split()
+
+
 def process_table(proc: str | os.PathLike[str] = "/proc") -> list[tuple[int, int, str]]:
     """(pid, ppid, state) of every process we can see, from one pass over /proc/*/stat."""
-    proc = os.fspath(proc)
     table = []
     for entry in os.listdir(proc):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"{proc}/{entry}/stat", "rb") as stat:
-                text = stat.read().decode("ascii", "replace")
-        except OSError:
-            continue  # exited while we looked
-        # comm (field 2) may hold spaces and ")"; the fields after the last ")" do not
-        fields = text[text.rfind(")") + 1 :].split()
-        if len(fields) >= 2 and fields[1].isdigit():
+        fields = stat_fields(entry, proc)
+        if fields is not None and len(fields) >= 2 and fields[1].isdigit():
             table.append((int(entry), int(fields[1]), fields[0]))
     return table
 

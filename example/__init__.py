@@ -9,4 +9,6 @@ QUEUES = ("send_welcome_email", "crunch_data")
 
 # Where the example keeps its own bookkeeping in Redis (RQ's keys stay under rq:).
 ENQUEUED = "example:enqueued"  # set: every job id enqueue.py created
+STARTS = "example:starts"  # hash: job id -> how many times its function began
 RUNS = "example:runs"  # hash: job id -> how many times its function ran to the end
+GROUPS = "example:groups"  # hash: pool group -> how many jobs its workers ran to the end

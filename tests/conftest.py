@@ -52,6 +52,12 @@ def installed_tool(name: str, installed_by: str) -> str:
     return found
 
 
+def chaos_chosen(config: pytest.Config) -> bool:
+    """Whether this run asked for the long reliability runs (`-m chaos`); otherwise a slice runs."""
+    expression = config.getoption("markexpr") or ""
+    return "chaos" in expression and "not chaos" not in expression
+
+
 def marked_processes(mark: str, variable: str = MARK) -> list[tuple[int, str]]:
     """(pid, state) of every process whose environment carries this test's mark."""
     found = []

@@ -32,7 +32,16 @@ from pathlib import Path
 import pytest
 import redis
 import rq
-from conftest import PROGRAMS, Runner, children_of, installed_tool, marked_processes, process_state, wait_for
+from conftest import (
+    PROGRAMS,
+    Runner,
+    chaos_chosen,
+    children_of,
+    installed_tool,
+    marked_processes,
+    process_state,
+    wait_for,
+)
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from redis_fixture import free_port, start_redis, stop_redis
@@ -89,10 +98,9 @@ class Chaos:
 
 @pytest.fixture(scope="module")
 def chaos(request: pytest.FixtureRequest) -> Chaos:
-    expression = request.config.getoption("markexpr") or ""
-    chosen = "chaos" in expression and "not chaos" not in expression
     given_seconds = os.environ.get("CHAOS_SECONDS")
-    seconds = float(given_seconds) if given_seconds else LONG_SECONDS if chosen else SLICE_SECONDS
+    seconds = (float(given_seconds) if given_seconds
+               else LONG_SECONDS if chaos_chosen(request.config) else SLICE_SECONDS)
     return Chaos(seconds=seconds, seed=int(os.environ.get("CHAOS_SEED") or 7))
 
 

@@ -389,6 +389,7 @@ def test_entrypoint_check_accepts_the_image_compose_and_heroku_setups() -> None:
         result = run_entrypoint(check_args(argv), env)
         assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
         assert "example/pool.yml" in result.stdout, f"{name}: not the example config"
-        if name == "heroku":
-            assert "rq.worker.HerokuWorker" in result.stdout
+        if name == "heroku":  # our worker classes built on RQ's HerokuWorker, for each kind of group
+            assert "entrypoint.rq_reliable.ReliableHerokuWorker" in result.stdout
+            assert "entrypoint.rq_every_queue.EveryQueueHerokuWorker" in result.stdout
             assert "TERM from the platform: yes" in result.stdout

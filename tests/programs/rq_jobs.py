@@ -1,0 +1,28 @@
+"""Jobs for the RQ worker tests, imported by RQ's work-horse from this directory."""
+
+from __future__ import annotations
+
+import time
+
+from rq import get_current_job
+
+
+def started_then_sleep(seconds: float) -> float:
+    """Count this start in the job's own key `starts:ID`, then sleep."""
+    job = get_current_job()
+    job.connection.incr(f"starts:{job.id}")
+    time.sleep(seconds)
+    return seconds
+
+
+def fails_until(attempt: int) -> int:
+    """Raise until this job has been tried `attempt` times, then return that count."""
+    job = get_current_job()
+    tries = job.connection.incr(f"tries:{job.id}")
+    if tries < attempt:
+        raise RuntimeError(f"try {tries} of {attempt}")
+    return tries
+
+
+def add(a: int, b: int) -> int:
+    return a + b
