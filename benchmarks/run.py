@@ -37,7 +37,6 @@ import bench_init
 import bench_pool
 import report
 import summary
-import tomllib
 from harness import HERE, MARK_VARIABLE, PROBES, ROOT, Contender, clean_env
 
 BENCHMARKS = ("startup", "memory", "reaping", "signals", "pool")
@@ -175,14 +174,9 @@ def build_venv(workdir: Path) -> Path:
     pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q",
            "--disable-pip-version-check"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "check": False}
-    result = subprocess.run([*pip, "--no-deps", str(source)], **quiet)
+    result = subprocess.run([*pip, str(source), *PIP_PEERS.values()], **quiet)
     if result.returncode != 0:
-        raise RuntimeError(f"pip install --no-deps {ROOT} failed: {result.stderr.decode()[-800:]}")
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    result = subprocess.run([*pip, *dependencies, *PIP_PEERS.values()], **quiet)
-    if result.returncode != 0:
-        raise RuntimeError(f"pip install of the dependencies failed: "
-                           f"{result.stderr.decode()[-800:]}")
+        raise RuntimeError(f"pip install of {ROOT} and the peers failed: {result.stderr.decode()[-800:]}")
     return venv
 
 

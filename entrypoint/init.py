@@ -18,13 +18,25 @@ from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy, ea
 from entrypoint.signals import Received, SignalInbox, child_changed, signal_name
 from entrypoint.spawn import Child, SpawnError, controlling_terminal, spawn
 
+# Ctrl-Z's TSTP and the terminal-access stops TTIN and TTOU: a shell's job stops on them.
+JOB_CONTROL = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+
 
 class Forwarding(NamedTuple):
     process_group: bool = False  # -g: signal the child's whole group
     rewrites: Mapping[int, int] = MappingProxyType({})  # FROM -> TO; TO 0 drops it
 
-    def target_signal(self, signum: int) -> int:
-        return self.rewrites.get(signum, signum)
+    def route(self, signum: int, *, job_stop: bool = False) -> tuple[int, bool]:
+        """(the signal to pass on, whether to the child's whole process group) for one we received.
+
+        `job_stop`: we are about to stop ourselves for a job-control signal, so the whole job must
+        stop. The child's group gets STOP, which no process can catch or ignore: a TSTP that the
+        child catches, ignores, or that reaches an orphaned group would leave it running while the
+        shell shows the job stopped (dumb-init does the same). A rewrite of the signal still wins.
+        """
+        if job_stop and signum not in self.rewrites:
+            return signal.SIGSTOP, True
+        return self.rewrites.get(signum, signum), self.process_group
 
 
 class InitOptions(NamedTuple):
@@ -59,8 +71,12 @@ class Init:
         self.stopping = False  # a TERM/INT arrived
         self.killing = False  # the deadline passed: KILL whatever still appears
         self.swept = False  # the leftovers got their TERM after the child exited
-        # In a terminal (and not PID 1, which cannot be stopped) we follow the child's Ctrl-Z.
-        self.terminal = controlling_terminal() if os.getpid() != 1 else None
+        # Job control: we stop with our child, so the shell that started us sees a stopped job.
+        # PID 1 cannot be stopped: it only passes the signals on.
+        self.can_stop = os.getpid() != 1
+        # In a terminal we also follow the child's own Ctrl-Z, and hand the terminal back and forth.
+        self.terminal = controlling_terminal() if self.can_stop else None
+        self.continued = False  # the CONT that continued us is passed on already: skip it when read
 
     def run(self) -> int:
         inbox = prepare_process(self.log)
@@ -70,6 +86,9 @@ class Init:
             self.log.error(str(error))
             return error.code
         self.log.debug(f"started {' '.join(self.command.argv)} as pid {self.child.pid}")
+        # The child keeps the directory we were started in; we must not hold its mount busy.
+        with contextlib.suppress(OSError):
+            os.chdir("/")
         while not self.finished():
             ready, _, _ = select.select([inbox], [], [], self.seconds_to_next_timer())
             signals = inbox.read() if ready else []
@@ -105,6 +124,11 @@ class Init:
             self.log.trace(f"received {signal_name(signum)} from pid {received.sender}")
         if not received.forwardable():
             return
+        if signum == signal.SIGCONT:
+            if self.continued:
+                self.continued = False  # it woke us, and the child's group has had it from stop_with_child()
+                return
+            self.pass_terminal_on()  # `fg` of a job that `bg` left running
         stop = self.options.stop
         if signum in STOP_SIGNALS:
             first = not self.stopping
@@ -123,15 +147,18 @@ class Init:
                 self.delayed_stop = (time.monotonic() + stop.term_delay, signum)
                 self.log.info(f"passing {signal_name(signum)} on in {stop.term_delay:g}s")
                 return
-        self.forward(signum)
+        job_stop = signum in JOB_CONTROL and self.can_stop and self.child_status is None
+        self.forward(signum, job_stop=job_stop)
+        if job_stop:
+            self.stop_with_child()
 
-    def forward(self, signum: int) -> None:
-        target = self.options.forwarding.target_signal(signum)
+    def forward(self, signum: int, *, job_stop: bool = False) -> None:
+        target, to_group = self.options.forwarding.route(signum, job_stop=job_stop)
         if target == 0:
             self.log.debug(f"dropped {signal_name(signum)} (rewrite to 0)")
             return
         if self.child_status is None and self.child is not None:
-            group = self.options.forwarding.process_group or self.command.via_shell
+            group = to_group or self.command.via_shell
             pid = -self.child.group if group else self.child.pid
             reaper.send([pid], target)
             who = f"process group {self.child.group}" if group else f"pid {self.child.pid}"
@@ -148,6 +175,7 @@ class Init:
         for pid, status in exited:
             if os.WIFSTOPPED(status):
                 if self.child is not None and pid == self.child.pid:
+                    self.log.debug(f"child {pid} stopped by {signal_name(os.WSTOPSIG(status))}: stopping too")
                     self.stop_with_child()
                 continue
             if self.child is not None and pid == self.child.pid:
@@ -158,17 +186,30 @@ class Init:
                 self.log.debug(f"reaped orphan {pid} ({reaper.describe(status)})")
 
     def stop_with_child(self) -> None:
-        """Ctrl-Z stopped the child: stop too, so the shell that started us gets the terminal back.
+        """Stop ourselves with the child, so the shell that started us sees a stopped job (and, in
+        a terminal, gets the terminal back); return when something continues us (`fg`, `bg`).
 
-        When the shell continues us (`fg`), the child gets the terminal and SIGCONT again.
+        Then the child's whole group gets CONT (and the terminal again), exactly once: the CONT
+        that woke us is not passed on a second time when we read it.
         """
-        assert self.child is not None and self.terminal is not None
-        with contextlib.suppress(OSError):
-            os.tcsetpgrp(self.terminal, os.getpgrp())
-        os.kill(os.getpid(), signal.SIGSTOP)  # returns when the shell sends SIGCONT
-        with contextlib.suppress(OSError):
-            os.tcsetpgrp(self.terminal, self.child.group)
+        assert self.child is not None
+        if self.terminal is not None:
+            with contextlib.suppress(OSError):
+                os.tcsetpgrp(self.terminal, os.getpgrp())
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns once we get SIGCONT
+        self.pass_terminal_on()
         reaper.send([-self.child.group], signal.SIGCONT)
+        self.continued = True
+        self.log.debug(f"continued: passed CONT on to process group {self.child.group}")
+
+    def pass_terminal_on(self) -> None:
+        """`fg` gave the terminal to our group: the child's group is the one that reads it.
+        After `bg` the terminal stays the shell's."""
+        if self.terminal is None or self.child is None or self.child_status is not None:
+            return
+        with contextlib.suppress(OSError):
+            if os.tcgetpgrp(self.terminal) == os.getpgrp():
+                os.tcsetpgrp(self.terminal, self.child.group)
 
     def sweep_leftovers(self) -> None:
         """The child is gone: give what it left behind TERM and the same grace, then KILL."""

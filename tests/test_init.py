@@ -32,6 +32,7 @@ GROUP_PAIR = str(PROGRAMS / "group_pair.py")
 SHOW_SELF = str(PROGRAMS / "show_self.py")
 # Every signal 1-31 an init can pass on: all but KILL and STOP (uncatchable) and CHLD (the init's).
 FORWARDABLE = [s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)]
+JOB_CONTROL = [signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU]
 HANG = 20.0  # only to catch a hang; never how long anything is expected to take
 MARGIN = 3.0  # slack on top of a term timeout before the init must have exited
 
@@ -118,9 +119,18 @@ def comm(pid: int) -> str:
         return ""
 
 
-def pgid_of(pid: int) -> int:
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: state, ppid, pgid, ..."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    return int(text[text.rfind(")") + 2 :].split()[2])
+    return text[text.rfind(")") + 2 :].split()
+
+
+def pgid_of(pid: int) -> int:
+    return int(stat_fields(pid)[2])
+
+
+def ppid_of(pid: int) -> int:
+    return int(stat_fields(pid)[1])
 
 
 def the_child(init: int) -> int:
@@ -199,6 +209,8 @@ def test_every_forwardable_signal_reaches_the_child_in_order(runner: Runner, tmp
     for signum in FORWARDABLE:
         if signum == signal.SIGTERM:
             continue  # last: the recorder exits on it
+        if signum in JOB_CONTROL and not namespace:
+            continue  # not PID 1, the init stops with its child on these: see the job-control tests
         os.kill(init, signum)
         expected.append(signum)
         wait_recorded(log, expected)
@@ -255,6 +267,218 @@ def test_process_group_flag_reaches_a_grandchild_in_the_group(runner: Runner, tm
     expected = [signal.SIGUSR1, signal.SIGTERM] if group else [signal.SIGTERM]
     assert recorded(child_log)[: len(expected)] == expected
     assert recorded(child_log).count(signal.SIGUSR1) == (1 if group else 0)
+
+
+# ---------------------------------------------------------------- job control outside a terminal
+
+
+def wait_job_report(process: subprocess.Popen, flag: int, what: str) -> int:
+    """What the shell that started the init sees of its job: waitpid with WUNTRACED (stopped) or
+    WCONTINUED, polled, so a report that never comes fails the test instead of hanging it."""
+
+    def report() -> int | None:
+        pid, status = os.waitpid(process.pid, flag | os.WNOHANG)
+        if pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            pytest.fail(f"the init exited ({status:#x}) while waiting for {what}:\n{read_err(process)}")
+        return status if pid else None
+
+    return wait_for(report, HANG, what)
+
+
+@pytest.mark.parametrize("signum", JOB_CONTROL, ids=lambda s: signal.Signals(s).name)
+def test_job_control_signal_stops_the_childs_group_then_the_init_and_cont_wakes_both(
+        runner: Runner, tmp_path: Path, signum: int) -> None:
+    """Not PID 1 and no terminal (a script's `entrypoint cmd &`, or under another init): the child's
+    whole group gets STOP, which the recorders cannot catch as they catch TSTP, TTIN and TTOU; then
+    the init stops itself, so its parent sees a stopped job. CONT wakes the init and the group."""
+    logs = [tmp_path / "first", tmp_path / "second"]
+    # The child is a shell with two recorders in its group; they have no children of their own,
+    # so no SIGCHLD of a stopping grandchild lands in a recorder's log.
+    script = " & ".join(f"{PY} {RECORD} {log} exit-on-term" for log in logs) + " & wait"
+    process = start(runner, ["-vv", "sh", "-c", script], stdin=subprocess.DEVNULL)
+    for log in logs:
+        wait_ready(log, process, "a recorder")
+    shell = the_child(process.pid)
+    group = [shell, *children_of(shell)]
+    assert len(group) == 3
+
+    def recorders_logged() -> list[list[int]]:
+        return [recorded(log) for log in logs]
+
+    def both_logged_cont() -> bool:
+        gone = [pid for pid in (process.pid, *group) if process_state(pid) in (None, "Z")]
+        if gone:  # say what happened rather than time out
+            pytest.fail(f"{gone} of {[process.pid, *group]} gone; logged {recorders_logged()}; the init's "
+                        f"log:\n{read_err(process)}")
+        return all(recorders_logged())
+
+    os.kill(process.pid, signum)
+    status = wait_job_report(process, os.WUNTRACED, "the init to stop")
+    assert os.WSTOPSIG(status) == signal.SIGSTOP
+    wait_for(lambda: [process_state(pid) for pid in group] == ["T"] * 3, HANG, "the child's group to stop")
+    assert recorders_logged() == [[], []]  # STOP, not the catchable signal
+    os.kill(process.pid, signal.SIGCONT)
+    wait_job_report(process, os.WCONTINUED, "the init to continue")
+    wait_for(both_logged_cont, HANG, "both recorders to get CONT")
+    assert recorders_logged() == [[signal.SIGCONT]] * 2  # the whole group, although without -g
+    assert "T" not in [process_state(pid) for pid in (process.pid, *group)]
+    os.kill(process.pid, signal.SIGTERM)  # kills the shell; the recorders get the leftovers' TERM
+    code, _, err = finish(process)
+    assert code == 128 + signal.SIGTERM, err
+    assert recorders_logged() == [[signal.SIGCONT, signal.SIGTERM]] * 2
+    # Two CONTs sent a moment apart may merge into one delivery, so the init's own account says it too.
+    assert len([line for line in err.splitlines() if "CONT" in line]) == 1, err
+
+
+@pytest.mark.parametrize(("rewrite", "passed_on"), [("TSTP:USR1", [signal.SIGUSR1]), ("TTOU:0", [])],
+                         ids=["TSTP:USR1", "TTOU:0"])
+def test_a_rewritten_job_control_signal_is_passed_on_as_rewritten_and_the_init_still_stops(
+        runner: Runner, tmp_path: Path, rewrite: str, passed_on: list[int]) -> None:
+    log = tmp_path / "log"
+    process = start(runner, ["-r", rewrite, PY, RECORD, str(log), "exit-on-term"], stdin=subprocess.DEVNULL)
+    wait_ready(log, process)
+    child = the_child(process.pid)
+    os.kill(process.pid, signal.Signals["SIG" + rewrite.split(":")[0]])
+    wait_job_report(process, os.WUNTRACED, "the init to stop")
+    wait_recorded(log, passed_on)  # before the next signal: the recorder takes one at a time
+    # The rewrite replaced the STOP: the child runs on and takes a signal while the init is stopped.
+    os.kill(child, signal.SIGUSR2)
+    wait_recorded(log, [*passed_on, signal.SIGUSR2])
+    os.kill(process.pid, signal.SIGCONT)
+    wait_job_report(process, os.WCONTINUED, "the init to continue")
+    wait_recorded(log, [*passed_on, signal.SIGUSR2, signal.SIGCONT])
+    os.kill(process.pid, signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 0, err
+    assert recorded(log) == [*passed_on, signal.SIGUSR2, signal.SIGCONT, signal.SIGTERM]
+
+
+class InteractiveShell:
+    """An interactive bash on a pseudo-terminal: what the user types, what the terminal shows, and
+    its foreground process group read from the terminal itself."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.master, slave = os.openpty()
+        self.screen = bytearray()
+
+        def take_terminal() -> None:  # after start_new_session's setsid: the pty becomes ours
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.process = subprocess.Popen(
+            ["bash", "--norc", "--noprofile", "-i"], stdin=slave, stdout=slave, stderr=slave,
+            env=runner.env(PS1="$ ", TERM="dumb"), start_new_session=True, preexec_fn=take_terminal)
+        runner.started.append(self.process)
+        os.close(slave)
+
+    def read_screen(self) -> None:
+        while select.select([self.master], [], [], 0)[0]:
+            try:
+                self.screen.extend(os.read(self.master, 4096))
+            except OSError:  # EIO: the shell has exited and closed the terminal
+                return
+
+    def foreground(self) -> int:
+        self.read_screen()  # a full terminal would block the shell
+        return os.tcgetpgrp(self.master)
+
+    def type(self, text: bytes) -> None:
+        os.write(self.master, text)
+
+    def type_and_wait(self, text: bytes, expected: bytes, timeout: float = 15) -> None:
+        """Type, then wait for `expected` in what the terminal shows after it (never what was there before)."""
+        start = len(self.screen)
+        self.type(text)
+        deadline = time.monotonic() + timeout
+        while expected not in self.screen[start:]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {expected!r} on the terminal; it shows {bytes(self.screen[-400:])!r}")
+            select.select([self.master], [], [], 0.1)
+            self.read_screen()
+
+    def close(self) -> None:
+        os.close(self.master)
+
+
+def test_bg_leaves_the_terminal_with_the_shell_and_fg_gives_it_back_to_the_job(runner: Runner) -> None:
+    shell = InteractiveShell(runner)
+    try:
+        wait_for(lambda: shell.foreground() == shell.process.pid, HANG, "the shell to own its terminal")
+        shell.type(" ".join([*ENTRYPOINT, "sleep", "1000"]).encode() + b"\n")
+        child = wait_for(lambda: next((p for p, state in marked_processes(runner.mark)
+                                       if state != "Z" and comm(p) == "sleep"), None), HANG, "sleep")
+        init = ppid_of(child)
+        wait_for(lambda: shell.foreground() == child, HANG, "the child to own the terminal")
+        shell.type_and_wait(b"\x1a", b"Stopped")
+        shell.type_and_wait(b"bg\n", b"&")
+        wait_for(lambda: process_state(child) not in ("T", None), HANG, "the child to run again")
+        assert shell.foreground() == shell.process.pid  # the init did not take it back
+        shell.type_and_wait(b"echo shell-has-it\n", b"shell-has-it\r\n")
+        # bash's `fg` of a running job gives the terminal to the job (the init's group) and sends
+        # no CONT: the init cannot know, and passes Ctrl-C and Ctrl-Z on from there. A CONT (zsh
+        # sends one) tells it, and it hands the terminal to the child.
+        shell.type_and_wait(b"fg\n", b"sleep 1000\r\n")
+        wait_for(lambda: shell.foreground() == init, HANG, "the init's group to get the terminal")
+        os.kill(init, signal.SIGCONT)
+        wait_for(lambda: shell.foreground() == child, HANG, "the child to get the terminal again")
+        shell.type_and_wait(b"\x03", b"$ ")
+        shell.type_and_wait(b"echo status-$?\n", b"status-130")
+        shell.type_and_wait(b"exit\n", b"exit")
+        shell.process.wait(timeout=HANG)
+    finally:
+        shell.close()
+
+
+# ---------------------------------------------------------------- working directory
+
+
+def cwd_of(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/cwd")
+
+
+@ids_ns
+def test_the_child_starts_where_the_init_was_started_and_the_init_moves_to_root(
+        runner: Runner, tmp_path: Path, namespace: bool) -> None:
+    """As dumb-init: the init never holds the directory (and its mount) busy for the child's life."""
+    work = tmp_path / "work"
+    work.mkdir()
+    job = work / "job"
+    job.write_text("#!/bin/sh\nexec sleep 1000\n")
+    job.chmod(0o755)
+    process = start(runner, ["./job"], namespace=namespace, cwd=work)  # found relative to `work`
+    init = init_of(runner, process, namespace)
+
+    def sleeping_child() -> int | None:
+        if process.poll() is not None:
+            pytest.fail(f"the init exited with {process.returncode}: {read_err(process)}")
+        return next((p for p in children_of(init) if comm(p) == "sleep"), None)
+
+    child = wait_for(sleeping_child, HANG, "the child to run sleep")
+    assert cwd_of(child) == str(work)
+    wait_for(lambda: cwd_of(init) == "/", HANG, "the init to leave the directory")
+    os.kill(init, signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 128 + signal.SIGTERM, err
+
+
+def test_the_pool_stays_in_its_directory_where_every_worker_starts(runner: Runner, tmp_path: Path) -> None:
+    """The pool starts workers all its life, each where the pool was started: it stays there (README)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = runner.env(WORKER_CONCURRENCY="2", WORKER_COMMAND="sleep 1000")
+    process = start(runner, ["--socket", str(tmp_path / "pool.sock")], env=env, cwd=work)
+
+    def two_workers_besides(gone: set[int]) -> set[int] | None:
+        found = {p for p in children_of(process.pid) if comm(p) == "sleep"}
+        return found if len(found) == 2 and not found & gone else None
+
+    first = wait_for(lambda: two_workers_besides(set()), HANG, "two workers")
+    killed = min(first)
+    os.kill(killed, signal.SIGKILL)
+    workers = wait_for(lambda: two_workers_besides({killed}), HANG, "a replacement worker")
+    assert [cwd_of(pid) for pid in (process.pid, *workers)] == [str(work)] * 3
+    os.kill(process.pid, signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 0, err
 
 
 # ---------------------------------------------------------------- exit status
@@ -729,62 +953,31 @@ def test_child_owns_the_terminal_and_gets_ctrl_c(runner: Runner, tmp_path: Path)
 def test_ctrl_z_stops_the_child_and_the_init_so_the_shell_gets_the_terminal(runner: Runner) -> None:
     """Job control end to end: an interactive bash runs the init; Ctrl-Z, `fg`, then Ctrl-C. At each
     step the terminal's foreground process group is read from the terminal itself."""
-    master, slave = os.openpty()
-    screen = bytearray()
-
-    def take_terminal() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    def read_screen() -> None:
-        while select.select([master], [], [], 0)[0]:
-            try:
-                screen.extend(os.read(master, 4096))
-            except OSError:  # EIO: the shell has exited and closed the terminal
-                return
-
-    def foreground() -> int:
-        read_screen()  # a full terminal would block the shell
-        return os.tcgetpgrp(master)
-
-    def type_and_wait(text: bytes, expected: bytes, timeout: float = 15) -> None:
-        """Type, then wait for `expected` in what the terminal shows after it (never what was there before)."""
-        start = len(screen)
-        os.write(master, text)
-        deadline = time.monotonic() + timeout
-        while expected not in screen[start:]:
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {expected!r} on the terminal; it shows {bytes(screen[-400:])!r}")
-            select.select([master], [], [], 0.1)
-            read_screen()
-
-    shell = subprocess.Popen(["bash", "--norc", "--noprofile", "-i"], stdin=slave, stdout=slave,
-                             stderr=slave, env=runner.env(PS1="$ ", TERM="dumb"), start_new_session=True,
-                             preexec_fn=take_terminal)
-    runner.started.append(shell)
-    os.close(slave)
+    terminal = InteractiveShell(runner)
+    shell, foreground = terminal.process, terminal.foreground
     try:
         wait_for(lambda: foreground() == shell.pid, HANG, "the shell to own its terminal")
-        os.write(master, " ".join([*ENTRYPOINT, "sleep", "1000"]).encode() + b"\n")
+        terminal.type(" ".join([*ENTRYPOINT, "sleep", "1000"]).encode() + b"\n")
         child = wait_for(lambda: next((p for p, state in marked_processes(runner.mark)
                                        if state != "Z" and comm(p) == "sleep"), None), HANG, "sleep")
-        init = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        init = ppid_of(child)
         assert pgid_of(child) == child != pgid_of(init), "the child leads a group of its own"
         wait_for(lambda: foreground() == child, HANG, "the child to own the terminal")
 
-        os.write(master, b"\x1a")  # Ctrl-Z: the child stops, the init stops too, the shell takes over
+        terminal.type(b"\x1a")  # Ctrl-Z: the child stops, the init stops too, the shell takes over
         wait_for(lambda: (process_state(child), process_state(init), foreground()) == ("T", "T", shell.pid),
                  HANG, "the child and the init stopped, the terminal back with the shell")
-        type_and_wait(b"echo shell-is-$((40 + 2))\n", b"shell-is-42")
+        terminal.type_and_wait(b"echo shell-is-$((40 + 2))\n", b"shell-is-42")
 
-        os.write(master, b"fg\n")  # the shell hands the terminal to the init, which hands it on
+        terminal.type(b"fg\n")  # the shell hands the terminal to the init, which hands it on
         wait_for(lambda: foreground() == child and process_state(child) in ("S", "R")
                  and process_state(init) in ("S", "R"), HANG, "the child running and owning the terminal again")
 
-        os.write(master, b"\x03")  # Ctrl-C reaches the child's group, which owns the terminal
+        terminal.type(b"\x03")  # Ctrl-C reaches the child's group, which owns the terminal
         wait_for(lambda: process_state(child) is None and process_state(init) is None and foreground() == shell.pid,
                  HANG, "the child and the init gone, the terminal back with the shell")
-        type_and_wait(b"echo status-$?\n", b"status-130")
-        type_and_wait(b"exit\n", b"exit")
+        terminal.type_and_wait(b"echo status-$?\n", b"status-130")
+        terminal.type_and_wait(b"exit\n", b"exit")
         shell.wait(timeout=10)
     finally:
-        os.close(master)
+        terminal.close()
