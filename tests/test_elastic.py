@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import time
+
+import pytest
+from conftest import PROGRAMS, ROOT, wait_for
+from redis_fixture import redis_server  # noqa: F401 - a fixture
+
 from entrypoint.elastic import Backlog, Elastic, Move, Slot, plan, releasable, wants
 
 NOW = 1000.0
@@ -91,8 +100,6 @@ def test_elastic_groups_and_the_shared_total_are_read_from_the_file(tmp_path) ->
 
 
 def test_elastic_mistakes_are_reported_with_their_lines(tmp_path) -> None:
-    import pytest
-
     from entrypoint.poolconfig import ConfigError
 
     cases = {
@@ -109,3 +116,64 @@ def test_elastic_mistakes_are_reported_with_their_lines(tmp_path) -> None:
         with pytest.raises(ConfigError) as raised:
             load(tmp_path, text)
         assert [str(p) for p in raised.value.problems] == problems, text
+
+
+# ------------------------------------------------------------------ real RQ workers, real Redis
+
+
+@pytest.mark.timeout(120)
+def test_a_burst_on_one_queue_grows_its_group_and_idle_slots_go_back(runner, tmp_path, redis_server) -> None:  # noqa: F811
+    """Two elastic groups share 6 workers. A burst on `burst` grows it to its max within seconds;
+    once it is drained, it gives them back. Every job runs once, and no worker is ever stopped
+    while it has a job in hand: each one stopped to move its slot had finished its last job at
+    least shrink_after before it was gone."""
+    import redis
+    from rq import Queue
+
+    from entrypoint.control import request
+
+    shrink_after = 3.0
+    config = tmp_path / "pool.yml"
+    config.write_text(f"pool:\n  elastic: 6\n  grow_after: 1\n  shrink_after: {shrink_after}\n  term_timeout: 5\n"
+                      "burst: {count: elastic, min: 1, max: 5}\nquiet: {count: elastic, min: 1, max: 5}\n")
+    connection = redis.Redis.from_url(redis_server)
+    queue = Queue("burst", connection=connection)
+    jobs = [queue.enqueue("rq_jobs.timed", 0.25) for _ in range(80)]
+    socket = str(tmp_path / "pool.sock")
+    process = runner.start(["-v", "--config", str(config), "--socket", socket],
+                           env=runner.env(REDIS_URL=redis_server, PYTHONPATH=f"{ROOT}:{PROGRAMS}"), cwd=tmp_path)
+    last_seen: dict[int, float] = {}
+
+    def watch() -> dict:
+        """The pool's status (an empty one before it answers), noting when each worker was last seen."""
+        try:
+            status = request(socket, {"command": "status"})
+        except OSError:
+            return {"groups": {}, "workers": []}
+        now = time.time()
+        for row in status["workers"]:
+            if row["pid"]:
+                last_seen[row["pid"]] = now
+        return status
+
+    def wanted(group: str) -> int | None:
+        return watch()["groups"].get(group, {}).get("wanted")
+
+    wait_for(lambda: wanted("burst") == 5, 30, "burst to grow to 5")
+    assert wanted("quiet") == 1
+    wait_for(lambda: connection.llen("timed") == len(jobs), 60, "every job to run")
+    wait_for(lambda: wanted("burst") == 1, 30, "burst to give its slots back")
+    wait_for(lambda: len([r for r in watch()["workers"] if r["pid"]]) == 2, 30, "the moved workers to stop")
+    os.kill(process.pid, signal.SIGTERM)
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, out
+    runs = [line.decode().split() for line in connection.lrange("timed", 0, -1)]
+    assert sorted(job_id for job_id, *_ in runs) == sorted(job.id for job in jobs), "every job ran once"
+    assert re.search(r"elastic: burst 1->5: \d+ waiting, oldest \d+ s", out), out
+    assert re.search(r"elastic: burst 5->1: idle for \d+ s", out), out
+    moved = {int(pid) for pid in re.findall(r"stopping burst\.\d+ pid (\d+) \(scaled down\)", out)}
+    assert len(moved) == 4, out
+    for pid in moved:
+        last_end = max(float(end) for _job, worker, _start, end in runs if int(worker) == pid)
+        assert last_end <= last_seen[pid] - shrink_after + 0.5, (
+            f"worker {pid} was stopped {last_seen[pid] - last_end:.1f}s after its last job ended")
