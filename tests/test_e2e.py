@@ -235,18 +235,29 @@ def in_flight(connection) -> set[str]:
     return {job.id for job in jobs if job is not None and job.get_status() == JobStatus.STARTED}
 
 
-def busy_workers(init: int) -> list[int]:
-    """Worker processes (the init's children) that have a work-horse running a job."""
+def inside_pid(pid: int) -> int:
+    """The pid of a process of the pool's namespace as the pool sees it (the last of its NSpid)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[-1])
+
+
+def busy_workers(init: int, pool_socket: str) -> list[int]:
+    """Worker processes (the init's children the pool lists as workers, not its helpers: a template
+    has a child for a moment as it forks) that have a work-horse running a job."""
+    try:
+        workers = {row["pid"] for row in request(pool_socket, {"command": "status"})["workers"]}
+    except OSError:
+        return []  # not answering yet
     busy = []
     for pid in children_of(init):
         with contextlib.suppress(OSError):
-            if children_of(pid):
+            if inside_pid(pid) in workers and children_of(pid):
                 busy.append(pid)
     return busy
 
 
-def two_busy_workers(init: int) -> list[int] | None:
-    busy = busy_workers(init)
+def two_busy_workers(init: int, pool_socket: str) -> list[int] | None:
+    busy = busy_workers(init, pool_socket)
     return busy[:2] if len(busy) >= 2 else None
 
 
@@ -262,8 +273,7 @@ def pool_worker_name(pid: int, pool_socket: str) -> str:
     """The pool's name for the worker with this (host) pid, from --status, which gives the pids
     as seen inside the pool's namespace (a forked worker's /proc environ is the template's). A
     worker just forked may show there a moment after it started working."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    inside = int(next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[-1])
+    inside = inside_pid(pid)
 
     def named():
         rows = request(pool_socket, {"command": "status"})["workers"]
@@ -396,7 +406,8 @@ def test_workers_killed_mid_job_are_replaced_and_after_a_restart_nothing_is_stra
     ids = enqueue(connection, 60, seconds=(0.2, 0.6), seed=1)
     running = launch(as_docker_compose(redis_server))
 
-    alone, with_horse = wait_for(lambda: two_busy_workers(running.init), 30, "two workers in the middle of a job")
+    alone, with_horse = wait_for(lambda: two_busy_workers(running.init, pool_socket), 30,
+                                 "two workers in the middle of a job")
     names = {pool_worker_name(pid, pool_socket) for pid in (alone, with_horse)}
     (orphan,), (horse,) = children_of(alone), children_of(with_horse)
     for pid in (alone, with_horse, horse):
