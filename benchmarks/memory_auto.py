@@ -37,7 +37,7 @@ def own_memory_cgroup() -> Path:
     found = cgroup_memory_dir(Path("/proc/self/cgroup").read_text(), Path("/proc/self/mountinfo").read_text())
     if found is None or found[0] != 1:
         raise SystemExit("this benchmark needs a cgroup v1 memory controller (as Heroku dynos have)")
-    return found[1]
+    return Path(found[1])
 
 
 def settle(socket: str, quiet_seconds: float, timeout: float) -> list[dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import select
 import signal
 import socket
@@ -32,6 +31,12 @@ EXIT_CRASH_LOOP = 3
 PASSED_TO_WORKERS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT})
 # With TERM sent to every process by the platform, a worker's replacement waits this long.
 PLATFORM_TERM_SETTLE = 1.0
+
+
+def jitter() -> float:
+    """A number in [0, 1) to spread backoffs apart: from the kernel, not the random module, which
+    PID 1 would carry for the rest of its life for this one use."""
+    return int.from_bytes(os.urandom(4), "big") / 2**32
 
 
 class PoolOptions(NamedTuple):
@@ -84,7 +89,6 @@ class Supervisor:
         self.exit_status = EXIT_OK
         self.last_spawn = float("-inf")
         self.start_deferred = False
-        self.random = random.Random()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -352,7 +356,7 @@ class Supervisor:
             self.log.error(f"preload: the template {reaper.describe(status)} while importing")
             self.give_up_starting()
         was_candidate = template is self.templates.candidate
-        line = self.templates.on_exit(template, status, now, self.random.random())
+        line = self.templates.on_exit(template, status, now, jitter())
         if was_candidate:
             self.pending_reload = None
             self.log.error(f"{line}: reload failed, the running pool is unchanged")
@@ -442,7 +446,7 @@ class Supervisor:
             if template is not None:
                 self.on_template_exit(template, status, now)
             elif monitor is not None:
-                line = self.monitoring.on_exit(monitor, status, now, self.random.random())
+                line = self.monitoring.on_exit(monitor, status, now, jitter())
                 if line is not None and not self.stopping:
                     self.log.warning(line)
             elif not self.templates.keep_unclaimed(pid, status, now):
@@ -457,7 +461,7 @@ class Supervisor:
         history = pool.after_exit(
             self.history.get(worker.key, SlotHistory()), lived,
             expected=worker.stop_sent is not None, now=now, backoff=self.backoff,
-            jitter=self.random.random(), description=description,
+            jitter=jitter(), description=description,
         )
         if self.options.stop.term_sent_to_all and worker.stop_sent is None:
             # On Heroku an exit may be the platform's TERM arriving a moment before ours:
