@@ -319,10 +319,17 @@ class Monitoring:
 
 
 
+# Of a group's --status entry, what the fleet may see: numbers, never its command (which may hold
+# the Redis URL or a secret).
+PUBLISHED_GROUP_KEYS = ("running", "wanted", "busy", "utilization", "backlog", "crash_looping", "memory", "elastic")
+
+
 def fleet_entry(pool_id: str, started_at: float, state: str, groups: Mapping[str, dict], memory_total: int,
                 memory_limit: int | None, restarts: int) -> dict:
     """What the pool publishes for `entrypoint --fleet`: its numbers only, never its environment,
     commands or Redis URL."""
+    numbers = {name: {key: group[key] for key in PUBLISHED_GROUP_KEYS if key in group}
+               for name, group in groups.items()}
     return {"pool_id": pool_id, "host": pool_id.rpartition(":")[0], "started": round(started_at, 3),
-            "state": state, "groups": dict(groups), "memory": {"total": memory_total, "limit": memory_limit},
+            "state": state, "groups": numbers, "memory": {"total": memory_total, "limit": memory_limit},
             "restarts": restarts}

@@ -192,11 +192,12 @@ def test_group_entries_count_running_and_wanted_workers_and_carry_the_backlog():
     stopping = Worker("sleepers", 2, 12, spec, 0.0, stop_sent=1.0)
     readings = {"high,low": monitoring.Reading(2, None, 9.0, 9.0)}
     entries = report.group_entries({"sleepers": (spec, 3), "high,low": (RQ, 0)}, [running, stopping],
-                                   {"sleepers"}, readings, 10.0)
-    assert entries == {
-        "sleepers": {"running": 1, "wanted": 3, "crash_looping": True, "backlog": None},
+                                   {"sleepers"}, readings, lambda name: None, 10.0)
+    counts = ("running", "wanted", "crash_looping", "backlog", "busy")
+    assert {name: {key: entry[key] for key in counts} for name, entry in entries.items()} == {
+        "sleepers": {"running": 1, "wanted": 3, "crash_looping": True, "backlog": None, "busy": None},
         "high,low": {"running": 0, "wanted": 0, "crash_looping": False,
-                     "backlog": {"waiting": 2, "oldest": None, "age": 1.0, "stale": False}},
+                     "backlog": {"waiting": 2, "oldest": None, "age": 1.0, "stale": False}, "busy": None},
     }
 
 
