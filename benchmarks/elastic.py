@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from harness import terminate, wait_for  # noqa: E402
 from redis import Redis  # noqa: E402
 from redis_fixture import start_redis, stop_redis  # noqa: E402
 from rq import Queue, Worker  # noqa: E402
@@ -53,20 +53,7 @@ def pool(setup: str, redis_url: str, tmp: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
+        terminate(process, 60)
 
 
 def drain(connection: Redis, jobs: dict[str, int], seconds: float) -> float:
@@ -80,7 +67,7 @@ def drain(connection: Redis, jobs: dict[str, int], seconds: float) -> float:
     def done() -> bool:
         return all(FinishedJobRegistry(q, connection=connection).count - finished_before[q] >= n
                    for q, n in jobs.items())
-    wait_until(done, 600, "the jobs to finish")
+    wait_for(done, 600, "the jobs to finish", interval=0.05)
     return time.monotonic() - started
 
 
@@ -90,8 +77,8 @@ def one_run(setup: str, load: str, args: argparse.Namespace, redis_url: str, tmp
     jobs = {"a": args.burst} if load == "burst" else {"a": args.burst // 2, "b": args.burst - args.burst // 2}
     with pool(setup, redis_url, tmp):
         # ready: at least each group's minimum registered and idle
-        wait_until(lambda: len(Worker.all(connection=connection)) >= (8 if setup == "static" else 2), 60,
-                   f"the {setup} pool's workers")
+        wait_for(lambda: len(Worker.all(connection=connection)) >= (8 if setup == "static" else 2), 60,
+                   f"the {setup} pool's workers", interval=0.05)
         time.sleep(1)
         return drain(connection, jobs, args.seconds)
 

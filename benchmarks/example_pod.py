@@ -15,20 +15,19 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from memory_auto import own_memory_cgroup  # noqa: E402
-from redis_fixture import free_port, start_redis  # noqa: E402
+from harness import terminate  # noqa: E402
+from memory_auto import memory_cgroup, peak_and_oom_kills  # noqa: E402
+from redis_fixture import free_port, start_redis, stop_redis  # noqa: E402
 
 from entrypoint.control import request  # noqa: E402
 
@@ -37,10 +36,7 @@ POD_ENV = {"WORKER_CONCURRENCY": "auto", "WELCOME_EMAIL_WORKERS": "2"}
 
 
 def measure(limit_mb: int, seconds: float) -> dict:
-    group = own_memory_cgroup() / f"example-pod-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    (group / "memory.limit_in_bytes").write_text(str(limit_mb * MIB))
-    with tempfile.TemporaryDirectory() as work:
+    with memory_cgroup(limit_mb, "example-pod") as group, tempfile.TemporaryDirectory() as work:
         redis, url = start_redis(Path(work))
         socket = str(Path(work) / "pool.sock")
         env = {k: v for k, v in os.environ.items() if k not in ("DYNO", "TERM_TIMEOUT", "MEMORY_LIMIT")}
@@ -70,18 +66,11 @@ def measure(limit_mb: int, seconds: float) -> dict:
                 manager = max(manager, status["memory"]["manager"])
                 monitor = max(monitor, status["memory"]["monitor"])
         finally:
-            os.killpg(pool.pid, signal.SIGTERM)
-            pool.wait(timeout=60)
-            redis.terminate()
-            redis.wait(timeout=10)
-        peak = int((group / "memory.max_usage_in_bytes").read_text())
-        oom = dict(line.split() for line in (group / "memory.oom_control").read_text().splitlines())
-    for pid in (group / "cgroup.procs").read_text().split():
-        os.kill(int(pid), signal.SIGKILL)
-    time.sleep(0.5)
-    group.rmdir()
+            terminate(pool, 60)
+            stop_redis(redis)
+        peak, oom_kills = peak_and_oom_kills(group)
     return {"counts": counts, "largest": largest, "manager": manager, "monitor": monitor, "peak": peak,
-            "oom_kills": int(oom.get("oom_kill", 0))}
+            "oom_kills": oom_kills}
 
 
 def main() -> int:

@@ -21,7 +21,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from memory_auto import MIB, own_memory_cgroup, settle
+from harness import terminate, wait_for
+from memory_auto import MIB, memory_cgroup, peak_and_oom_kills, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS_DIR = Path(__file__).resolve().parent / "apps"
@@ -112,23 +112,7 @@ def pool(app: App, mode: str, redis_url: str, tmp: Path, cgroup: Path | None = N
     try:
         yield process, socket_path, launched
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
+        terminate(process, 30)
 
 
 def pss(pid: int) -> int:
@@ -159,15 +143,15 @@ def run_jobs(connection: Redis, app: App, per_worker: int) -> None:
 
     def done() -> bool:
         return sum(FinishedJobRegistry(q, connection=connection).count for q in app.groups) >= total
-    wait_until(done, 600, f"{total} jobs to finish")
+    wait_for(done, 600, f"{total} jobs to finish", interval=0.05)
 
 
 def one_run(app: App, mode: str, redis_url: str, tmp: Path) -> dict:
     connection = Redis.from_url(redis_url)
     connection.flushdb()
     with pool(app, mode, redis_url, tmp) as (process, socket_path, launched):
-        wait_until(lambda: len(Worker.all(connection=connection)) == app.workers, 300,
-                   f"{app.workers} {app.name} workers to register ({mode})")
+        wait_for(lambda: len(Worker.all(connection=connection)) == app.workers, 300,
+                   f"{app.workers} {app.name} workers to register ({mode})", interval=0.05)
         ready = time.monotonic() - launched
         time.sleep(2)  # idle, past start-up
         status = request(socket_path, {"command": "status"})
@@ -180,25 +164,11 @@ def one_run(app: App, mode: str, redis_url: str, tmp: Path) -> dict:
 
 
 def auto_count(app: App, mode: str, redis_url: str, tmp: Path, limit_mb: int) -> dict:
-    group = own_memory_cgroup() / f"entrypoint-bench-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(limit_mb * MIB))
+    with memory_cgroup(limit_mb) as group:
         with pool(app, mode, redis_url, tmp, cgroup=group, auto=True) as (_process, socket_path, _launched):
             running = settle(socket_path, quiet_seconds=6, timeout=300)
-        oom = dict(line.split() for line in (group / "memory.oom_control").read_text().splitlines())
-        return {"chosen": len(running), "peak_mib": round(int((group / "memory.max_usage_in_bytes").read_text()) / MIB),
-                "oom_kills": int(oom.get("oom_kill", 0))}
-    finally:
-        with contextlib.suppress(OSError):
-            for pid in (group / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-        for _ in range(100):
-            with contextlib.suppress(OSError):
-                group.rmdir()
-                break
-            time.sleep(0.05)
+        peak, oom_kills = peak_and_oom_kills(group)
+    return {"chosen": len(running), "peak_mib": round(peak / MIB), "oom_kills": oom_kills}
 
 
 def median(values: list[float]) -> float:

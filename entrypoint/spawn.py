@@ -78,13 +78,7 @@ def spawn(
         return _posix_spawn(argv, env, output, channel)
     # The fork path, for a terminal: a pipe closed on exec tells us whether exec worked, so
     # "not found" is known at once instead of being guessed later from an exit status of 127.
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        raise
+    pid, read_end, write_end = fork_with_pipe()
     if pid == 0:
         _become(argv, env, terminal, write_end)
     os.close(write_end)
@@ -94,6 +88,18 @@ def spawn(
         os.waitpid(pid, 0)  # ours alone: it exited at once and nobody else waits for it
         raise SpawnError(argv[0], int(failure))
     return Child(pid)
+
+
+def fork_with_pipe() -> tuple[int, int, int]:
+    """fork() with a close-on-exec pipe made just before: (pid, read end, write end). When fork
+    fails, both ends are closed: a retry must not leak two descriptors each time."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        return os.fork(), read_end, write_end
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
 
 
 def _posix_spawn(argv: Sequence[str], env: Mapping[str, str] | None, output: int | None,
