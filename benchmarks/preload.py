@@ -6,7 +6,10 @@ Two apps, each run exec'd (every worker its own interpreter) and preloaded (impo
 template, workers forked from it), the two modes in alternation, against a private redis-server:
 - example: the project's RQ example (send_welcome_email: 2, crunch_data: 5);
 - heavy: `benchmarks/apps/heavy_app.py`, which imports numpy, pandas and scipy (about 120 MB);
-  the benchmark pip-installs them into this interpreter unless --no-install.
+  the benchmark pip-installs them into this interpreter unless --no-install. Exec'd, its workers
+  import it at start through RQ's settings module (`rq worker -c heavy_app`), RQ's own way to spare
+  each job's work-horse the import; with the default command a horse imports a job's module for
+  every job (the example's are light enough for that).
 Figures: PSS per idle worker (its work-horse included, read from /proc, not from the pool), PSS per
 worker after 100 jobs each, the template's and the manager's PSS, seconds from launch until every
 worker has registered with Redis, and the count `count: auto` settles on in a cgroup v1 memory
@@ -59,6 +62,7 @@ class App:
     preload: str  # the module the template imports
     job: str  # the function each job runs, and its arguments per job number
     env: dict[str, str]
+    exec_imports: bool = False  # exec'd workers import the app at start (else each job's horse does)
 
     def job_args(self, number: int) -> tuple:
         return (1000 + number,) if self.name == "example" else (2000, number)
@@ -72,6 +76,11 @@ class App:
             settings = ""
         if mode == "preload":
             settings += f"  preload: [{self.preload}]\n"
+        elif self.exec_imports:
+            # RQ's own way to have a worker import the app at start (its settings module, -c),
+            # so each job's work-horse inherits it instead of importing it again.
+            settings += (f"  command: ['{sys.executable}', -m, rq.cli, worker, --url, '${{REDIS_URL}}', "
+                         f"--worker-class, entrypoint.rq_reliable.ReliableWorker, -c, {self.preload}, '{{queues}}']\n")
         env = "".join(f"    {k}: {v}\n" for k, v in self.env.items())
         return f"{groups}pool:\n  term_timeout: 10\n{settings}" + (f"  env:\n{env}" if env else "")
 
@@ -84,7 +93,7 @@ def apps(heavy_workers: int) -> list[App]:
     return [
         App("example", {"send_welcome_email": 2, "crunch_data": 5}, "crunch_data", "example.jobs",
             "example.jobs.crunch_data", {"RQ_CONNECTION_CLASS": "example.connection.Redis"}),
-        App("heavy", {"heavy": heavy_workers}, "heavy", "heavy_app", "heavy_app.summarize", {}),
+        App("heavy", {"heavy": heavy_workers}, "heavy", "heavy_app", "heavy_app.summarize", {}, exec_imports=True),
     ]
 
 
