@@ -94,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         invocation = unnest(parse(argv, env), env)
         args = invocation.args
         log.verbosity = args.verbose
-        if invocation.command is None and (args.check or args.status or args.health or args.scale is not None
-                                           or args.reload):
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        steering = args.status or args.health or args.scale is not None or args.reload or args.fleet
+        if invocation.command is None and (args.check or steering):
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # Ctrl-C stops a command, as it should
         if invocation.command is not None:
             options = init_options(args, env)
             from entrypoint.spawn import mark_inherited_descriptors_cloexec

@@ -87,31 +87,46 @@ def wants(group: Elastic, now: float, grow_after: float) -> int:
 
 def plan(groups: Sequence[Elastic], total: int, now: float, *, grow_after: float = GROW_AFTER,
          shrink_after: float = SHRINK_AFTER) -> list[Move]:
-    """Where the `total` shared workers go now: every group keeps its minimum; idle top slots are
-    given back; spare workers go to the groups whose backlog has lasted, oldest backlog first,
-    never above a group's maximum nor the total."""
+    """Where the `total` shared workers go now. Every group keeps its minimum; top slots idle for
+    shrink_after are given back; spare workers go to the groups whose backlog has lasted, one at a
+    time in turn, oldest backlog first, so two busy queues share them; never above a group's
+    maximum nor the total. When those groups want more than is spare, groups with nothing waiting
+    also give back top slots idle for grow_after: an idle worker is worth more where jobs wait."""
     counts = {g.name: max(g.minimum, min(g.maximum, g.count)) for g in groups}
     reasons: dict[str, str] = {}
-    for group in groups:
-        free = releasable(group, now, shrink_after)
-        if free:
-            counts[group.name] -= free
-            idle = min(now - s.idle_since for s in group.slots
-                       if s.number > counts[group.name] and s.idle_since is not None)
-            reasons[group.name] = f"idle for {idle:.0f} s"
-    spare = total - sum(counts.values())
     hungry = sorted((g for g in groups if wants(g, now, grow_after)),
                     key=lambda g: (-(g.backlog.oldest or 0.0), -g.backlog.waiting))  # type: ignore[union-attr]
-    for group in hungry:
-        if spare <= 0:
+    wanted = {g.name: wants(g, now, grow_after) for g in hungry}
+
+    def give_back(group: Elastic, slots: int, why: str) -> None:
+        counts[group.name] -= slots
+        idle = min(now - s.idle_since for s in group.slots
+                   if s.number > counts[group.name] and s.idle_since is not None)
+        reasons[group.name] = f"idle for {idle:.0f} s{why}"
+
+    for group in groups:
+        if free := releasable(group, now, shrink_after):
+            give_back(group, free, "")
+    short = sum(wanted.values()) - (total - sum(counts.values()))
+    for group in groups:
+        if short <= 0:
             break
-        more = min(spare, wants(group, now, grow_after))
-        counts[group.name] += more
-        spare -= more
-        backlog = group.backlog
-        assert backlog is not None
-        oldest = f", oldest {backlog.oldest:.0f} s" if backlog.oldest is not None else ""
-        reasons[group.name] = f"{backlog.waiting} waiting{oldest}"
+        if group.name in wanted or group.backlog is None:
+            continue  # only a group known to have nothing waiting lends its idle workers early
+        given = max(0, group.count - counts[group.name])
+        if (more := min(short, releasable(group, now, grow_after) - given)) > 0:
+            give_back(group, more, f", wanted by {hungry[0].name}")
+            short -= more
+    spare = total - sum(counts.values())
+    while spare > 0 and any(wanted.values()):
+        for group in hungry:
+            if spare and wanted[group.name]:
+                counts[group.name] += 1
+                wanted[group.name] -= 1
+                spare -= 1
+                backlog = group.backlog
+                assert backlog is not None
+                oldest = f", oldest {backlog.oldest:.0f} s" if backlog.oldest is not None else ""
+                reasons[group.name] = f"{backlog.waiting} waiting{oldest}"
     return [Move(g.name, counts[g.name], f"{g.name} {g.count}->{counts[g.name]}: {reasons.get(g.name, 'bounds')}")
             for g in groups if counts[g.name] != g.count]
-

@@ -92,16 +92,18 @@ class Reading(NamedTuple):
     waiting: int
     oldest: float | None  # seconds the oldest waiting job had waited when read
     read_at: float
-    since: float | None  # when its queues last went from empty to not empty; None while empty
+    since: float | None  # since when jobs have waited in its queues; None while empty
 
 
 def updated(before: Reading | None, waiting: int, oldest: float | None, now: float) -> Reading:
+    """The new reading. Jobs have been waiting since the pool first saw them, or since the oldest
+    of them was enqueued if that is earlier: it is still waiting, so the queue was never empty
+    since then, and a backlog that began between two readings has lasted that long already."""
     if not waiting:
         since = None
-    elif before is not None and before.since is not None:
-        since = before.since
     else:
-        since = now
+        seen = before.since if before is not None and before.since is not None else now
+        since = seen if oldest is None else min(seen, now - oldest)
     return Reading(waiting, oldest, now, since)
 
 

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import conftest
@@ -241,22 +242,31 @@ def inside_pid(pid: int) -> int:
     return int(next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[-1])
 
 
-def busy_workers(init: int, pool_socket: str) -> list[int]:
+class BusyWorker(NamedTuple):
+    pid: int  # as the host sees it
+    name: str  # the pool's group.slot
+    horse: int  # the work-horse running its job
+
+
+def busy_workers(init: int, pool_socket: str) -> list[BusyWorker]:
     """Worker processes (the init's children the pool lists as workers, not its helpers: a template
-    has a child for a moment as it forks) that have a work-horse running a job."""
+    has a child for a moment as it forks) that have a work-horse running a job, seen in one pass:
+    a job lasts a fraction of a second, so the horse is read with its worker, not looked up later."""
     try:
-        workers = {row["pid"] for row in request(pool_socket, {"command": "status"})["workers"]}
+        rows = request(pool_socket, {"command": "status"})["workers"]
     except OSError:
         return []  # not answering yet
+    names = {row["pid"]: f"{row['group']}.{row['slot']}" for row in rows}
     busy = []
     for pid in children_of(init):
         with contextlib.suppress(OSError):
-            if inside_pid(pid) in workers and children_of(pid):
-                busy.append(pid)
+            horses, inside = children_of(pid), inside_pid(pid)
+            if inside in names and horses:
+                busy.append(BusyWorker(pid, names[inside], horses[0]))
     return busy
 
 
-def two_busy_workers(init: int, pool_socket: str) -> list[int] | None:
+def two_busy_workers(init: int, pool_socket: str) -> list[BusyWorker] | None:
     busy = busy_workers(init, pool_socket)
     return busy[:2] if len(busy) >= 2 else None
 
@@ -267,18 +277,6 @@ def rq_commands(pool_socket: str) -> list[bytes]:
     groups = request(pool_socket, {"command": "status"})["groups"].values()
     return ["\0".join(group["command"]).encode() + b"\0" for group in groups
             if group["command"] and "rq.cli" in group["command"]]
-
-
-def pool_worker_name(pid: int, pool_socket: str) -> str:
-    """The pool's name for the worker with this (host) pid, from --status, which gives the pids
-    as seen inside the pool's namespace (a forked worker's /proc environ is the template's). A
-    worker just forked may show there a moment after it started working."""
-    inside = inside_pid(pid)
-
-    def named():
-        rows = request(pool_socket, {"command": "status"})["workers"]
-        return next((f"{row['group']}.{row['slot']}" for row in rows if row["pid"] == inside), None)
-    return wait_for(named, 10, f"worker pid {inside} in --status")
 
 
 def assert_stopped_in_time(code: int, running: Running) -> None:
@@ -408,10 +406,11 @@ def test_workers_killed_mid_job_are_replaced_and_after_a_restart_nothing_is_stra
 
     alone, with_horse = wait_for(lambda: two_busy_workers(running.init, pool_socket), 30,
                                  "two workers in the middle of a job")
-    names = {pool_worker_name(pid, pool_socket) for pid in (alone, with_horse)}
-    (orphan,), (horse,) = children_of(alone), children_of(with_horse)
-    for pid in (alone, with_horse, horse):
-        os.kill(pid, signal.SIGKILL)
+    names = {alone.name, with_horse.name}
+    orphan = alone.horse
+    for pid in (alone.pid, with_horse.pid, with_horse.horse):
+        with contextlib.suppress(ProcessLookupError):  # a horse may have finished its job by now
+            os.kill(pid, signal.SIGKILL)
 
     def replaced():
         workers = request(pool_socket, {"command": "status"})["workers"]

@@ -62,12 +62,33 @@ def test_slots_move_from_an_idle_group_to_a_busy_one_within_the_total() -> None:
                      Move("crunch_data", 7, "crunch_data 4->7: 100 waiting, oldest 12 s")]
 
 
-def test_the_oldest_backlog_is_served_first_when_workers_are_short() -> None:
+def test_groups_with_a_backlog_share_the_spare_workers_in_turn_the_oldest_first() -> None:
     fresh = group("a", 1, waiting=50, oldest=5)
     stale = group("b", 1, waiting=3, oldest=300)
-    assert plan([fresh, stale], total=4, now=NOW) == [Move("b", 3, "b 1->3: 3 waiting, oldest 300 s")]
-    assert plan([fresh, stale], total=6, now=NOW) == [Move("a", 2, "a 1->2: 50 waiting, oldest 5 s"),
+    assert plan([fresh, stale], total=3, now=NOW) == [Move("b", 2, "b 1->2: 3 waiting, oldest 300 s")]
+    assert plan([fresh, stale], total=4, now=NOW) == [Move("a", 2, "a 1->2: 50 waiting, oldest 5 s"),
+                                                     Move("b", 2, "b 1->2: 3 waiting, oldest 300 s")]
+    assert plan([fresh, stale], total=8, now=NOW) == [Move("a", 4, "a 1->4: 50 waiting, oldest 5 s"),
                                                      Move("b", 4, "b 1->4: 3 waiting, oldest 300 s")]
+    steady = [group("a", 1, waiting=250, oldest=4), group("b", 1, waiting=250, oldest=4)]
+    assert [move.count for move in plan(steady, total=8, now=NOW)] == [4, 4], "two equal loads, an even split"
+
+
+def test_an_idle_group_lends_its_idle_top_slots_early_to_a_backlog_that_has_no_spare_worker() -> None:
+    drained = group("a", 4, idle={4: 5, 3: 5, 2: 1})
+    loaded = group("b", 4, waiting=200, oldest=10)
+    assert plan([drained, loaded], total=8, now=NOW, grow_after=3, shrink_after=30) == [
+        Move("a", 2, "a 4->2: idle for 5 s, wanted by b"), Move("b", 6, "b 4->6: 200 waiting, oldest 10 s")]
+    assert plan([drained, group("b", 4, waiting=1, oldest=10)], total=8, now=NOW, grow_after=3) == [
+        Move("a", 3, "a 4->3: idle for 5 s, wanted by b"), Move("b", 5, "b 4->5: 1 waiting, oldest 10 s")], \
+        "no more than the backlog wants"
+    assert plan([drained, group("b", 4, maximum=6, waiting=200, oldest=10)], total=9, now=NOW, grow_after=3) == [
+        Move("a", 3, "a 4->3: idle for 5 s, wanted by b"), Move("b", 6, "b 4->6: 200 waiting, oldest 10 s")], \
+        "a spare worker goes first"
+    unknown = drained._replace(backlog=None)
+    assert plan([unknown, loaded], total=8, now=NOW, grow_after=3) == [], "nothing known of a's queues"
+    assert plan([drained, group("b", 4, waiting=200, oldest=1, since=NOW - 1)], total=8, now=NOW,
+                grow_after=3) == [], "b's backlog has not lasted yet"
 
 
 def test_an_unknown_backlog_moves_nothing() -> None:

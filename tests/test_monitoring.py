@@ -133,11 +133,12 @@ def test_messages_name_the_server_never_the_password():
 
 def test_a_backlog_remembers_when_it_began_and_forgets_it_once_empty():
     first = monitoring.updated(None, 5, 12.0, now=100.0)
-    assert first == monitoring.Reading(5, 12.0, 100.0, since=100.0)
-    later = monitoring.updated(first, 7, 14.0, now=102.0)
-    assert later.since == 100.0 and later.read_at == 102.0
+    assert first == monitoring.Reading(5, 12.0, 100.0, since=88.0), "since the oldest job came"
+    later = monitoring.updated(first, 7, 1.0, now=102.0)
+    assert later.since == 88.0 and later.read_at == 102.0, "the head was taken, the queue never emptied"
     assert monitoring.updated(later, 0, None, now=104.0).since is None
-    assert monitoring.updated(monitoring.updated(later, 0, None, 104.0), 1, 0.1, 106.0).since == 106.0
+    assert monitoring.updated(monitoring.updated(later, 0, None, 104.0), 1, 0.5, 106.0).since == 105.5
+    assert monitoring.updated(None, 3, None, now=100.0).since == 100.0, "no age known: since first seen"
 
 
 def test_a_reading_goes_stale_after_a_few_missed_rounds_and_says_how_old_it_is():

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -485,6 +486,33 @@ def test_workers_start_with_default_signals_an_empty_mask_and_their_own_group(ru
     assert int(status["SigIgn"], 16) & 0x7FFFFFFF == 0, "Python's ignored PIPE and XFSZ must not leak"
     assert status["SigBlk"] == "0000000000000000"
     assert status["NSpgid"] == status["NSpid"], "a worker leads its own process group"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("command", ["--status", "--fleet"])
+def test_a_command_waiting_on_its_answer_is_stopped_by_ctrl_c(runner, tmp_path, command):
+    """The program holds every signal from its first moment (for the pool's sake); a command to a
+    running pool or to the fleet's Redis lets go, so Ctrl-C stops one whose peer never answers."""
+    if command == "--status":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(tmp_path / "s.sock"))
+        args, env = [command, "--socket", str(tmp_path / "s.sock")], runner.env()
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        args = [command]
+        env = runner.env(REDIS_URL=f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+    with listener:
+        listener.listen()
+        process = runner.start(args, env=env)
+        peer, _ = listener.accept()  # connected, waiting for an answer that never comes
+        with peer:
+            os.kill(process.pid, signal.SIGINT)
+            try:
+                process.communicate(timeout=1.5)  # shorter than either command's own timeout
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{command}: Ctrl-C was held while it waited")
+    assert process.returncode == 130
 
 
 def test_a_term_to_pid_1_while_it_reads_its_config_is_not_lost(runner, tmp_path):
