@@ -85,6 +85,15 @@ def wants(group: Elastic, now: float, grow_after: float) -> int:
     return max(0, min(group.maximum - group.count, backlog.waiting))
 
 
+def next_growth(groups: Sequence[Elastic], now: float, grow_after: float) -> float | None:
+    """The moment a backlog seen but not lasted yet will have lasted grow_after: the pool looks
+    again then, rather than at its next round."""
+    moments = [g.backlog.since + grow_after for g in groups
+               if g.backlog is not None and g.backlog.waiting and g.count < g.maximum]
+    later = [moment for moment in moments if moment > now]
+    return min(later) if later else None
+
+
 def plan(groups: Sequence[Elastic], total: int, now: float, *, grow_after: float = GROW_AFTER,
          shrink_after: float = SHRINK_AFTER) -> list[Move]:
     """Where the `total` shared workers go now. Every group keeps its minimum; top slots idle for

@@ -208,9 +208,9 @@ def main() -> int:
     first = channel.recv(link.MAX_MESSAGE)
     if not first:
         return 0
-    monitor.on_message(json.loads(first))
-    channel.setblocking(False)
     try:
+        monitor.on_message(json.loads(first))
+        channel.setblocking(False)
         monitor.run()
     except BrokenPipeError:
         monitor.withdraw()  # the manager is gone

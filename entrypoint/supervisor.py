@@ -39,6 +39,9 @@ def jitter() -> float:
     return int.from_bytes(os.urandom(4), "big") / 2**32
 
 
+NEVER = float("inf")  # a moment that does not come
+
+
 class PoolOptions(NamedTuple):
     stop: StopPolicy  # from flags and env; a group's own term_timeout wins for its workers
     socket_path: str | None
@@ -68,6 +71,7 @@ class Supervisor:
         self.memory = MemoryWatch(self.limit, time.monotonic())
         self.templates = preload.Templates(env, log, self.backoff)
         self.usage = Usage()
+        self.plan_elastic_at = 0.0  # when the elastic slots are looked at next
         self.desired = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
         self.output = PrefixedOutput() if options.prefix_output or config.prefix_output else None
         self.monitoring = monitoring.Monitoring(env, log, self.backoff, self.output)
@@ -184,6 +188,7 @@ class Supervisor:
             self.leftovers_deadline,
             self.memory.next_sample,
             self.usage.next_sample if self.watching_the_work() else None,
+            self.plan_elastic_at if now < self.plan_elastic_at < NEVER else None,
             self.last_spawn + self.config.spawn_delay if self.start_deferred else None,
         ]
         pending = [m for m in moments if m is not None]
@@ -217,11 +222,13 @@ class Supervisor:
         return self.config.elastic is not None or any(knows_busy(spec) for spec, _ in self.desired.values())
 
     def follow_the_work(self, now: float) -> None:
-        """Sample which workers are busy; move elastic slots to the groups whose backlog lasts."""
-        if now < self.usage.next_sample or not self.watching_the_work():
-            return
-        self.usage.sample(now, self.workers.values(), {name: spec for name, (spec, _) in self.desired.items()})
-        if self.config.elastic is None or self.stopping or self.paused or self.preloading:
+        """Sample which workers are busy each second; move elastic slots to the groups whose
+        backlog lasts: each second, as a new reading comes, and the moment a backlog has lasted."""
+        if now >= self.usage.next_sample and self.watching_the_work():
+            self.usage.sample(now, self.workers.values(), {name: spec for name, (spec, _) in self.desired.items()})
+            self.plan_elastic_at = min(self.plan_elastic_at, now)
+        if (self.config.elastic is None or now < self.plan_elastic_at or self.stopping or self.paused
+                or self.preloading):
             return
         backlogs = monitoring.for_elastic(self.monitoring.readings, now)
         groups = elastic.views(self.desired, self.workers.values(), backlogs)
@@ -230,6 +237,8 @@ class Supervisor:
             spec, _count = self.desired[move.group]
             self.desired[move.group] = (spec, move.count)
             self.log.info(f"elastic: {move.reason}")
+        lasted = elastic.next_growth(groups, now, self.config.grow_after)
+        self.plan_elastic_at = lasted if lasted is not None else NEVER
 
     def elastic_total(self) -> int:
         """The workers the elastic groups share: pool.elastic, never more than memory allows;
@@ -265,6 +274,7 @@ class Supervisor:
             self.log.info(line)
         if heard.ticked:
             self.send_fleet_entry(now)
+            self.plan_elastic_at = now  # a new backlog reading
 
     def send_fleet_entry(self, now: float) -> None:
         """The numbers the monitor publishes next, as the pool knows them without measuring anything."""

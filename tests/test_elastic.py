@@ -11,7 +11,7 @@ import pytest
 from conftest import PROGRAMS, ROOT, wait_for
 from redis_fixture import redis_server  # noqa: F401 - a fixture
 
-from entrypoint.elastic import Backlog, Elastic, Move, Slot, plan, releasable, wants
+from entrypoint.elastic import Backlog, Elastic, Move, Slot, next_growth, plan, releasable, wants
 
 NOW = 1000.0
 
@@ -89,6 +89,17 @@ def test_an_idle_group_lends_its_idle_top_slots_early_to_a_backlog_that_has_no_s
     assert plan([unknown, loaded], total=8, now=NOW, grow_after=3) == [], "nothing known of a's queues"
     assert plan([drained, group("b", 4, waiting=200, oldest=1, since=NOW - 1)], total=8, now=NOW,
                 grow_after=3) == [], "b's backlog has not lasted yet"
+
+
+def test_the_pool_looks_again_the_moment_a_backlog_will_have_lasted() -> None:
+    young = group("a", 1, waiting=9, oldest=1, since=NOW - 1)
+    younger = group("b", 1, waiting=9, oldest=0.5, since=NOW - 0.5)
+    assert next_growth([young, younger], NOW, grow_after=3) == NOW + 2
+    assert next_growth([group("a", 1, waiting=9, oldest=5, since=NOW - 5)], NOW, grow_after=3) is None, \
+        "lasted already: this round decides"
+    assert next_growth([group("a", 8, maximum=8, waiting=9, oldest=1, since=NOW - 1)], NOW, grow_after=3) is None, \
+        "at its maximum: nothing to wait for"
+    assert next_growth([group("a", 2, idle={2: 5})], NOW, grow_after=3) is None
 
 
 def test_an_unknown_backlog_moves_nothing() -> None:
