@@ -176,10 +176,17 @@ def one_run(bin_dir: Path, app: Path, redis_url: str, settle: float, log_path: P
         kids = children(pid)
         worker_pids = {worker.pid for worker in Worker.all(connection=connection)}
         roles = sorted(describe(kid, worker_pids) for kid in kids)
-        return {"rss_kb": status["VmRSS"], "hwm_kb": status["VmHWM"], "children": len(kids), "roles": roles,
-                "workers_registered": len(worker_pids)}
+        result = {"rss_kb": status["VmRSS"], "hwm_kb": status["VmHWM"], "children": len(kids), "roles": roles,
+                  "workers_registered": len(worker_pids)}
     finally:
         terminate(process, 30)
+    # A measurement of a pool that logged a traceback (start-up or stop) is suspect: say so.
+    text = log_path.read_text(errors="replace")
+    result["log_tracebacks"] = text.count("Traceback (most recent call last)")
+    result["exit_code"] = process.returncode
+    if result["log_tracebacks"]:
+        print(f"--- {log_path.name}: {result['log_tracebacks']} traceback(s) ---\n{text}", file=sys.stderr)
+    return result
 
 
 def bare_kb(bin_dir: Path) -> int:
