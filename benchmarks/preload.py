@@ -10,8 +10,9 @@ template, workers forked from it), the two modes in alternation, against a priva
   import it at start through RQ's settings module (`rq worker -c heavy_app`), RQ's own way to spare
   each job's work-horse the import; with the default command a horse imports a job's module for
   every job (the example's are light enough for that).
-Figures: PSS per idle worker (its work-horse included, read from /proc, not from the pool), PSS per
-worker after 100 jobs each, the template's and the manager's PSS, seconds from launch until every
+Figures: PSS per idle worker (each worker the pool lists, its work-horse included, read from /proc,
+not from the pool), PSS per worker after 100 jobs each, the template's, the manager's and the
+monitor's PSS (the monitor runs in both modes: the pool has a Redis URL), seconds from launch until every
 worker has registered with Redis, and the count `count: auto` settles on in a cgroup v1 memory
 group of --limit-mb (a Standard-1X dyno's 512 MB) with the peak usage and OOM kills. Medians of
 --runs; JSON in benchmarks/results/preload.json, markdown tables on stdout.
@@ -132,12 +133,16 @@ def pss(pid: int) -> int:
     return next(int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:")) * 1024
 
 
-def footprint(manager: int, template: int | None) -> dict:
-    """PSS of the manager, the template, and each worker with its children, from /proc."""
+def footprint(manager: int, status: dict) -> dict:
+    """PSS of the manager, its helpers (the template, the monitor), and each worker the pool lists,
+    with its children, from /proc."""
     index = children_index(process_table())
-    workers = [pid for pid in index.get(manager, []) if pid != template]
+    listed = {row["pid"] for row in status["workers"]}
+    workers = [pid for pid in index.get(manager, []) if pid in listed]
     per_worker = [pss(pid) + sum(pss(child) for child in below(pid, index)) for pid in workers]
-    return {"workers": per_worker, "template": pss(template) if template else 0, "manager": pss(manager)}
+    helpers = {name: pss(row["pid"]) if row and row.get("pid") else 0
+               for name, row in (("template", status.get("template")), ("monitor", status.get("monitor")))}
+    return {"workers": per_worker, **helpers, "manager": pss(manager)}
 
 
 def run_jobs(connection: Redis, app: App, per_worker: int) -> None:
@@ -163,12 +168,10 @@ def one_run(app: App, mode: str, redis_url: str, tmp: Path) -> dict:
                    f"{app.workers} {app.name} workers to register ({mode})", interval=0.05)
         ready = time.monotonic() - launched
         time.sleep(2)  # idle, past start-up
-        status = request(socket_path, {"command": "status"})
-        template = (status.get("template") or {}).get("pid")
-        idle = footprint(process.pid, template)
+        idle = footprint(process.pid, request(socket_path, {"command": "status"}))
         run_jobs(connection, app, JOBS_PER_WORKER)
         time.sleep(1)
-        after = footprint(process.pid, template)
+        after = footprint(process.pid, request(socket_path, {"command": "status"}))
     return {"ready_seconds": ready, "idle": idle, "after_jobs": after}
 
 
@@ -192,6 +195,7 @@ def summarize(runs: list[dict]) -> dict:
         "after_jobs_mib": per_worker("after_jobs") / MIB,
         "template_mib": median([r["idle"]["template"] for r in runs]) / MIB,
         "manager_mib": median([r["idle"]["manager"] for r in runs]) / MIB,
+        "monitor_mib": median([r["idle"]["monitor"] for r in runs]) / MIB,
         "ready_seconds": median([r["ready_seconds"] for r in runs]),
         "ready_range": (min(r["ready_seconds"] for r in runs), max(r["ready_seconds"] for r in runs)),
     }
@@ -199,9 +203,9 @@ def summarize(runs: list[dict]) -> dict:
 
 def table(results: dict, limit_mb: int) -> str:
     lines = [
-        f"| app | mode | PSS per idle worker | after {JOBS_PER_WORKER} jobs each | template | manager | "
+        f"| app | mode | PSS per idle worker | after {JOBS_PER_WORKER} jobs each | template | manager | monitor | "
         f"N workers ready | `auto` in {limit_mb} MB (peak, OOM kills) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, by_mode in results.items():
         for mode in MODES:
@@ -210,12 +214,13 @@ def table(results: dict, limit_mb: int) -> str:
             lines.append(
                 f"| {name} ({by_mode['workers']} workers) | {mode} | {r['idle_mib']:.1f} MiB | "
                 f"{r['after_jobs_mib']:.1f} MiB | {r['template_mib']:.1f} MiB | {r['manager_mib']:.1f} MiB | "
+                f"{r['monitor_mib']:.1f} MiB | "
                 f"{r['ready_seconds']:.2f} s ({low:.2f}-{high:.2f}) | {auto['chosen']} ({auto['peak_mib']} MiB, "
                 f"{auto['oom_kills']}) |")
         exec_, pre = by_mode["exec"], by_mode["preload"]
         lines.append(
             f"| {name} | preload / exec | {pre['summary']['idle_mib'] / exec_['summary']['idle_mib']:.0%} | "
-            f"{pre['summary']['after_jobs_mib'] / exec_['summary']['after_jobs_mib']:.0%} | | | "
+            f"{pre['summary']['after_jobs_mib'] / exec_['summary']['after_jobs_mib']:.0%} | | | | "
             f"{exec_['summary']['ready_seconds'] / pre['summary']['ready_seconds']:.1f}x sooner | "
             f"{pre['auto']['chosen'] / max(1, exec_['auto']['chosen']):.1f}x the workers |")
     return "\n".join(lines)

@@ -59,8 +59,9 @@ class Move(NamedTuple):
     reason: str  # for the log line: `crunch_data 3->5: 412 waiting, oldest 40 s`
 
 
-def releasable(group: Elastic, now: float, shrink_after: float) -> int:
-    """How many of the group's top slots can go: each idle for shrink_after, none above its minimum.
+def releasable(group: Elastic, now: float, idle_for: float, floor: int = 0) -> int:
+    """How many of the group's top slots can go: each idle for idle_for seconds (0: idle now),
+    none below its minimum nor below floor, and none while its queues have jobs waiting.
 
     Slots are numbered and a smaller count stops the highest numbers, so a group gives back only
     from the top, and only idle workers: a busy worker is never stopped to move its slot.
@@ -69,9 +70,9 @@ def releasable(group: Elastic, now: float, shrink_after: float) -> int:
         return 0
     by_number = {slot.number: slot for slot in group.slots}
     free = 0
-    for number in range(group.count, group.minimum, -1):
+    for number in range(group.count, max(group.minimum, floor), -1):
         slot = by_number.get(number)
-        if slot is None or slot.idle_since is None or now - slot.idle_since < shrink_after:
+        if slot is None or slot.idle_since is None or now - slot.idle_since < idle_for:
             break
         free += 1
     return free
@@ -81,6 +82,15 @@ def wants(group: Elastic, now: float, grow_after: float) -> int:
     """How many more workers the group could use now: one per waiting job, once the backlog has lasted."""
     backlog = group.backlog
     if backlog is None or not backlog.waiting or now - backlog.since < grow_after:
+        return 0
+    return max(0, min(group.maximum - group.count, backlog.waiting))
+
+
+def will_want(group: Elastic, now: float, grow_after: float) -> int:
+    """How many more workers the group will want if its young backlog lasts: spare workers are
+    kept for it, so the first group whose backlog lasts does not take them all."""
+    backlog = group.backlog
+    if backlog is None or not backlog.waiting or now - backlog.since >= grow_after:
         return 0
     return max(0, min(group.maximum - group.count, backlog.waiting))
 
@@ -97,15 +107,17 @@ def next_growth(groups: Sequence[Elastic], now: float, grow_after: float) -> flo
 def plan(groups: Sequence[Elastic], total: int, now: float, *, grow_after: float = GROW_AFTER,
          shrink_after: float = SHRINK_AFTER) -> list[Move]:
     """Where the `total` shared workers go now. Every group keeps its minimum; top slots idle for
-    shrink_after are given back; spare workers go to the groups whose backlog has lasted, one at a
-    time in turn, oldest backlog first, so two busy queues share them; never above a group's
-    maximum nor the total. When those groups want more than is spare, groups with nothing waiting
-    also give back top slots idle for grow_after: an idle worker is worth more where jobs wait."""
+    shrink_after are given back. Spare workers go one at a time to the groups whose backlog has
+    lasted grow_after, each to the one with the fewest workers, and are kept for those whose
+    backlog is younger, so busy queues share them evenly; never above a group's maximum nor the
+    total. When the lasting
+    backlogs want more than is spare, groups with nothing waiting lend their top slots: those idle
+    for grow_after down to their minimum, those idle now down to an even share of the total."""
     counts = {g.name: max(g.minimum, min(g.maximum, g.count)) for g in groups}
     reasons: dict[str, str] = {}
-    hungry = sorted((g for g in groups if wants(g, now, grow_after)),
-                    key=lambda g: (-(g.backlog.oldest or 0.0), -g.backlog.waiting))  # type: ignore[union-attr]
-    wanted = {g.name: wants(g, now, grow_after) for g in hungry}
+    by_age = sorted(groups, key=lambda g: (-(g.backlog.oldest or 0.0), -g.backlog.waiting) if g.backlog else (0, 0))
+    wanted = {g.name: wants(g, now, grow_after) for g in by_age if wants(g, now, grow_after)}
+    kept = {g.name: will_want(g, now, grow_after) for g in by_age if will_want(g, now, grow_after)}
 
     def give_back(group: Elastic, slots: int, why: str) -> None:
         counts[group.name] -= slots
@@ -117,25 +129,37 @@ def plan(groups: Sequence[Elastic], total: int, now: float, *, grow_after: float
         if free := releasable(group, now, shrink_after):
             give_back(group, free, "")
     short = sum(wanted.values()) - (total - sum(counts.values()))
+    even = total // len(groups) if groups else 0
     for group in groups:
         if short <= 0:
             break
         if group.name in wanted or group.backlog is None:
             continue  # only a group known to have nothing waiting lends its idle workers early
         given = max(0, group.count - counts[group.name])
-        if (more := min(short, releasable(group, now, grow_after) - given)) > 0:
-            give_back(group, more, f", wanted by {hungry[0].name}")
+        lendable = max(releasable(group, now, grow_after), releasable(group, now, 0.0, floor=even)) - given
+        if (more := min(short, lendable)) > 0:
+            give_back(group, more, f", wanted by {next(iter(wanted))}")
             short -= more
     spare = total - sum(counts.values())
+    rank = {g.name: number for number, g in enumerate(by_age)}
+    held = dict.fromkeys(kept, 0)  # spare workers kept for young backlogs
+    grown: set[str] = set()
     while spare > 0 and any(wanted.values()):
-        for group in hungry:
-            if spare and wanted[group.name]:
-                counts[group.name] += 1
-                wanted[group.name] -= 1
-                spare -= 1
-                backlog = group.backlog
-                assert backlog is not None
-                oldest = f", oldest {backlog.oldest:.0f} s" if backlog.oldest is not None else ""
-                reasons[group.name] = f"{backlog.waiting} waiting{oldest}"
+        # each in turn to the taker with the fewest workers (counting those kept for it), the
+        # oldest backlog first among equals: busy queues end up with even shares
+        takers = [name for name, more in (*wanted.items(), *kept.items()) if more]
+        name = min(takers, key=lambda taker: (counts[taker] + held.get(taker, 0), rank[taker]))
+        spare -= 1
+        if wanted.get(name):
+            counts[name] += 1
+            wanted[name] -= 1
+            grown.add(name)
+        else:
+            held[name] += 1
+            kept[name] -= 1
+    for group in by_age:
+        if group.name in grown and group.backlog is not None:
+            oldest = f", oldest {group.backlog.oldest:.0f} s" if group.backlog.oldest is not None else ""
+            reasons[group.name] = f"{group.backlog.waiting} waiting{oldest}"
     return [Move(g.name, counts[g.name], f"{g.name} {g.count}->{counts[g.name]}: {reasons.get(g.name, 'bounds')}")
             for g in groups if counts[g.name] != g.count]

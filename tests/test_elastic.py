@@ -42,16 +42,16 @@ def test_a_group_grows_by_one_worker_per_waiting_job_and_not_before_the_backlog_
 
 def test_idle_top_slots_are_given_back_down_to_the_minimum_never_a_busy_one() -> None:
     idle_top = group("q", 4, minimum=1, idle={4: 60, 3: 45, 2: 10})
-    assert releasable(idle_top, NOW, shrink_after=30) == 2, "slot 2 has been idle only 10 s"
+    assert releasable(idle_top, NOW, 30) == 2, "slot 2 has been idle only 10 s"
     assert plan([idle_top], total=8, now=NOW, shrink_after=30) == [Move("q", 2, "q 4->2: idle for 45 s")]
     busy_top = group("q", 4, idle={3: 60, 2: 60, 1: 60})
-    assert releasable(busy_top, NOW, shrink_after=30) == 0, "slot 4 is busy: nothing moves from the top"
+    assert releasable(busy_top, NOW, 30) == 0, "slot 4 is busy: nothing moves from the top"
     floor = group("q", 2, minimum=2, idle={1: 60, 2: 60})
-    assert releasable(floor, NOW, shrink_after=30) == 0
+    assert releasable(floor, NOW, 30) == 0
 
 
 def test_a_group_with_a_backlog_gives_nothing_back_even_when_a_worker_is_idle() -> None:
-    assert releasable(group("q", 3, idle={3: 60}, waiting=5, oldest=2), NOW, shrink_after=30) == 0
+    assert releasable(group("q", 3, idle={3: 60}, waiting=5, oldest=2), NOW, 30) == 0
 
 
 def test_slots_move_from_an_idle_group_to_a_busy_one_within_the_total() -> None:
@@ -72,6 +72,29 @@ def test_groups_with_a_backlog_share_the_spare_workers_in_turn_the_oldest_first(
                                                      Move("b", 4, "b 1->4: 3 waiting, oldest 300 s")]
     steady = [group("a", 1, waiting=250, oldest=4), group("b", 1, waiting=250, oldest=4)]
     assert [move.count for move in plan(steady, total=8, now=NOW)] == [4, 4], "two equal loads, an even split"
+
+
+def test_spare_workers_are_kept_for_a_backlog_that_has_not_lasted_yet() -> None:
+    """Jobs arrive on two queues at once; one backlog lasts a moment before the other: the first
+    does not take every spare worker, the second gets its share as soon as its backlog lasts."""
+    first = group("a", 1, waiting=20, oldest=4)
+    second = group("b", 1, waiting=20, oldest=2.9, since=NOW - 2.9)
+    assert plan([first, second], total=8, now=NOW, grow_after=3) == [Move("a", 4, "a 1->4: 20 waiting, oldest 4 s")]
+    assert plan([group("a", 4, waiting=20, oldest=4), group("b", 1, waiting=20, oldest=3.1, since=NOW - 3.1)],
+                total=8, now=NOW, grow_after=3) == [Move("b", 4, "b 1->4: 20 waiting, oldest 3 s")]
+
+
+def test_a_group_above_an_even_share_lends_the_slots_idle_right_now_to_a_lasting_backlog() -> None:
+    """A steady stream keeps every worker of a big group busy now and then, never idle for long:
+    its idle top slots still go, down to an even share, to a queue whose backlog lasts."""
+    streaming = group("a", 7, idle={7: 0.5, 6: 0.2, 5: 1, 4: 0.1, 3: 0.3})
+    starved = group("b", 1, waiting=200, oldest=10)
+    assert plan([streaming, starved], total=8, now=NOW, grow_after=3) == [
+        Move("a", 4, "a 7->4: idle for 0 s, wanted by b"), Move("b", 4, "b 1->4: 200 waiting, oldest 10 s")]
+    busy_top = group("a", 7, idle={6: 0.5, 5: 1, 4: 0.1, 3: 0.3})
+    assert plan([busy_top, starved], total=8, now=NOW, grow_after=3) == [], "slot 7 is busy: nothing moves"
+    assert plan([streaming._replace(backlog=Backlog(3, 0.1, NOW)), starved], total=8, now=NOW, grow_after=3) == [], \
+        "jobs wait in a's queues too: a keeps its workers"
 
 
 def test_an_idle_group_lends_its_idle_top_slots_early_to_a_backlog_that_has_no_spare_worker() -> None:
