@@ -1,18 +1,23 @@
-"""Elastic slots: how many of the shared workers each elastic group gets, from its backlog and its idle workers."""
+"""Elastic slots: how many shared workers each elastic group gets, from its backlog and idle workers, and when."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
+from entrypoint.memory import cpu_worker_count
+from entrypoint.memory_policy import MemoryWatch, elastic_room
 from entrypoint.pool import Worker
-from entrypoint.poolconfig import Group
+from entrypoint.poolconfig import ELASTIC_AUTO, Group, PoolConfig
+from entrypoint.utilization import Usage, knows_busy
 
 # Defaults for pool.grow_after and pool.shrink_after: a backlog must last this long before its
 # group grows, and a worker must have been idle this long before its slot can go elsewhere.
 # Shrinking waits far longer than growing, so a group between two bursts keeps its workers.
 GROW_AFTER = 3.0
 SHRINK_AFTER = 30.0
+NEVER = float("inf")  # a moment that does not come
 
 
 class Slot(NamedTuple):
@@ -163,3 +168,47 @@ def plan(groups: Sequence[Elastic], total: int, now: float, *, grow_after: float
             reasons[group.name] = f"{group.backlog.waiting} waiting{oldest}"
     return [Move(g.name, counts[g.name], f"{g.name} {g.count}->{counts[g.name]}: {reasons.get(g.name, 'bounds')}")
             for g in groups if counts[g.name] != g.count]
+
+
+def shared_total(setting: int, fits: int | None, cpus: int) -> int:
+    """The workers the elastic groups share: pool.elastic, never more than memory allows (`fits`);
+    with `elastic: auto`, what memory allows (2 x CPUs + 1 while that cannot be told)."""
+    if setting == ELASTIC_AUTO:
+        return fits if fits is not None else cpu_worker_count(cpus)
+    return setting if fits is None else min(setting, fits)
+
+
+class WorkWatch:
+    """Which workers are busy, sampled each second, and when the elastic slots are looked at next:
+    at each sample, as a backlog reading comes, and the moment a backlog will have lasted."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self.plan_at = 0.0
+
+    def watching(self, config: PoolConfig, desired: Mapping[str, tuple[Group, int]]) -> bool:
+        """Whether the loop wakes up each second: some group can tell busy from idle, or is elastic."""
+        return config.elastic is not None or any(knows_busy(spec) for spec, _ in desired.values())
+
+    def follow(self, now: float, config: PoolConfig, desired: Mapping[str, tuple[Group, int]],
+               workers: Collection[Worker], backlogs: Mapping[str, Backlog], memory: MemoryWatch, *,
+               steady: bool) -> list[Move]:
+        """Sample when due; then, in a steady pool (not stopping, paused or preloading) whose slots are
+        due a look, move elastic slots to the groups whose backlog lasts."""
+        if now >= self.usage.next_sample and self.watching(config, desired):
+            self.usage.sample(now, workers, {name: spec for name, (spec, _) in desired.items()})
+            self.plan_at = min(self.plan_at, now)
+        if config.elastic is None or now < self.plan_at or not steady:
+            return []
+        groups = views(desired, workers, backlogs)
+        fits = elastic_room(desired, list(workers), memory.base(), memory.limit.bytes, config.memory_headroom)
+        moves = plan(groups, shared_total(config.elastic, fits, os.cpu_count() or 1), now, grow_after=config.grow_after,
+                     shrink_after=config.shrink_after)
+        lasted = next_growth(groups, now, config.grow_after)
+        self.plan_at = lasted if lasted is not None else NEVER
+        return moves
+
+    def next_wakeup(self, now: float, config: PoolConfig, desired: Mapping[str, tuple[Group, int]]) -> float | None:
+        moments = [self.usage.next_sample if self.watching(config, desired) else None,
+                   self.plan_at if now < self.plan_at < NEVER else None]
+        return min((m for m in moments if m is not None), default=None)

@@ -228,6 +228,19 @@ def next_wakeup(
     return min(moments, default=None)
 
 
+def keeping_learnt_counts(old: Mapping[str, tuple[Group, int]],
+                          new: Mapping[str, tuple[Group, int]]) -> dict[str, tuple[Group, int]]:
+    """The counts after a reload: an `auto` group that is still the same keeps what it has learnt,
+    within its new bounds (new code, a new template, does not reset it)."""
+    kept = dict(new)
+    for name, (spec, _count) in new.items():
+        before = old.get(name)
+        if spec.auto and before and before[0].auto and same_definition(
+                before[0]._replace(template=spec.template), spec):
+            kept[name] = (spec, max(spec.min_count, min(spec.max_count, before[1])))
+    return kept
+
+
 def reload_diff(old: Mapping[str, tuple[Group, int]], new: Mapping[str, tuple[Group, int]]) -> list[str]:
     """One phrase per change, for the reload's log line."""
     changes = []

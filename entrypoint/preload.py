@@ -142,6 +142,25 @@ class ForkFailed(NamedTuple):
 Event = Ready | Failed | Forked | ForkFailed
 
 
+class Reloaded(NamedTuple):
+    """A reload's template is ready and forks from now on: its config applies."""
+
+    config: PoolConfig
+
+
+class Preloaded(NamedTuple):
+    """The first template is ready: forked groups carry its generation, and workers start."""
+
+    generation: int
+
+
+class GaveUp(NamedTuple):
+    """The first template could not import the app: no worker has started, and the pool exits."""
+
+
+Verdict = Reloaded | Preloaded | GaveUp | None
+
+
 class Templates:
     """The template processes of one pool: at most one current and one candidate (a reload's)."""
 
@@ -158,6 +177,8 @@ class Templates:
         self.next_id = 0
         self.unclaimed: dict[int, tuple[int, float]] = {}  # pid -> (wait status, when reaped)
         self.reported_loop = False
+        self.preloading = False  # the first template is importing: no worker starts before its verdict
+        self.pending: PoolConfig | None = None  # a reload's config, waiting for its candidate to be ready
 
     # -- starting and retiring -----------------------------------------------------------------
 
@@ -222,6 +243,12 @@ class Templates:
         return [t for t in self.alive()
                 if any(now - p.sent > FORK_TIMEOUT for p in t.pending.values())]
 
+    def kill_hung(self, now: float) -> None:
+        for template in self.hung(now):
+            self.log.warning(f"template pid {template.pid} did not answer a fork request within "
+                             f"{FORK_TIMEOUT:g}s: KILL")
+            reaper.send([template.pid], signal.SIGKILL)
+
     def send(self, template: Template, message: dict, fd: int | None = None) -> None:
         try:
             channels.send(template.channel, message, fd)
@@ -251,6 +278,53 @@ class Templates:
         pid = int(message["pid"])
         exited = self.unclaimed.pop(pid, (None, 0.0))[0]
         return [Forked(pending.spec, pending.slot, pid, pending.sent, exited)]
+
+    # -- the app's verdict ---------------------------------------------------------------------
+
+    def on_ready(self, template: Template, report: dict) -> Verdict:
+        """A template imported the app: a reload's candidate takes over, the first one lets workers start."""
+        self.log.info(describe_ready(template, report))
+        warning = thread_warning(report)
+        if warning:
+            self.log.warning(warning)
+        if template is self.candidate and self.pending is not None:
+            config, self.pending = self.pending, None
+            setup = setup_for(config, self.env)
+            assert setup is not None
+            self.promote(template, setup)
+            return Reloaded(config)
+        if template is self.current and self.preloading:
+            self.preloading = False
+            return Preloaded(template.generation)
+        return None
+
+    def on_failed(self, template: Template, report: dict) -> Verdict:
+        """A template could not import the app: a reload changes nothing, the first one gives up the pool."""
+        line, trace = failure_lines(report)
+        self.log.error(line)
+        self.log.write_line(trace.rstrip("\n"))  # the app's own traceback: the user needs its frames
+        if template is self.candidate:
+            self.pending = None
+            self.retire(template)
+            self.log.error("reload failed: the running pool is unchanged")
+        elif self.preloading:
+            self.retire(template)
+            return GaveUp()
+        return None
+
+    def on_gone(self, template: Template, status: int, now: float, jitter: float, *, stopping: bool) -> Verdict:
+        """A template exited: the first one, while importing, gives up the pool; a reload's fails the reload."""
+        gave_up = self.preloading and template is self.current
+        if gave_up:
+            self.log.error(f"preload: the template {reaper.describe(status)} while importing")
+        was_candidate = template is self.candidate
+        line = self.on_exit(template, status, now, jitter)
+        if was_candidate:
+            self.pending = None
+            self.log.error(f"{line}: reload failed, the running pool is unchanged")
+        elif line is not None and not (stopping or gave_up):  # a pool that gives up is stopping
+            self.log.warning(line)
+        return GaveUp() if gave_up else None
 
     # -- exits ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""What the pool reports: the rows of --status for every slot, every group and each helper process, as plain values."""
+"""What the pool reports, as plain values: its start, the rows of --status for every slot, group and helper."""
 
 from __future__ import annotations
 
@@ -7,14 +7,36 @@ import signal
 from collections.abc import Callable, Collection, Iterable, Mapping
 
 from entrypoint import monitoring
+from entrypoint.memory import MemoryLimit, format_bytes
 from entrypoint.pool import SlotHistory, SlotKey, Worker
-from entrypoint.poolconfig import Group
+from entrypoint.poolconfig import Group, PoolConfig
 from entrypoint.preload import Setup, Template
 
 # Why a worker exited. The pool asked it to stop: `stopped` (in its grace) or `killed` (KILLed after
 # it); it was not asked: `exited` (status 0), `failed` (another status), `signaled` (a signal the
 # pool did not send: kill -9, the OOM killer). The last three are restarts.
 UNASKED_EXITS = ("exited", "failed", "signaled")
+
+
+def startup_lines(pool_id: str, config: PoolConfig, desired: Mapping[str, tuple[Group, int]], term_timeout: float,
+                  term_from_platform: bool, limit: MemoryLimit) -> list[str]:
+    """What the pool says as it starts: its groups and grace, its memory limit, and what `auto` runs without one."""
+    total = sum(count for _, count in desired.values())
+    env = f" ({config.app_env})" if config.app_env else ""
+    lines = [
+        f"pool {pool_id}: {len(desired)} group(s), {total} worker(s) from "
+        f"{config.source}{env}; term timeout {term_timeout:g}s"
+        + ("; TERM comes from the platform" if term_from_platform else "")
+    ]
+    if limit.bytes:
+        lines.append(f"memory limit: {format_bytes(limit.bytes)} from {limit.source}")
+    else:
+        lines.append(f"memory limit: none ({limit.source})")
+    for name, (spec, count) in desired.items():
+        if spec.auto and limit.bytes is None:
+            lines.append(f"auto: {name} runs {count} workers (no memory limit known: 2 x CPUs + 1, "
+                         f"within {spec.min_count}-{spec.max_count})")
+    return lines
 
 
 def slot_rows(wanted: Mapping[str, tuple[Group, int]], desired: Mapping[str, tuple[Group, int]],

@@ -10,18 +10,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from entrypoint import elastic, memory, monitoring, pool, preload, reaper, report
+from entrypoint import elastic, memory, monitoring, pool, preload, reaper, report, steering
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
-from entrypoint.health import first_problem, looping_slots, memory_problem
+from entrypoint.health import memory_problem
 from entrypoint.init import prepare_process
-from entrypoint.memory_policy import MemoryWatch, Recycle, Resize, elastic_room
+from entrypoint.memory_policy import MemoryWatch, Recycle, Resize
 from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker, desired_counts, worker_env
-from entrypoint.poolconfig import ELASTIC_AUTO, ConfigError, Group, PoolConfig
+from entrypoint.poolconfig import ConfigError, Group, PoolConfig
 from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
 from entrypoint.signals import Received, child_changed, signal_name
 from entrypoint.spawn import SpawnError, spawn
-from entrypoint.utilization import Usage, knows_busy
 
 EXIT_OK = 0
 EXIT_KILLED_AT_DEADLINE = 1
@@ -37,9 +36,6 @@ def jitter() -> float:
     """A number in [0, 1) to spread backoffs apart: from the kernel, not the random module, which
     PID 1 would carry for the rest of its life for this one use."""
     return int.from_bytes(os.urandom(4), "big") / 2**32
-
-
-NEVER = float("inf")  # a moment that does not come
 
 
 class PoolOptions(NamedTuple):
@@ -70,8 +66,7 @@ class Supervisor:
         self.limit = options.memory
         self.memory = MemoryWatch(self.limit, time.monotonic())
         self.templates = preload.Templates(env, log, self.backoff)
-        self.usage = Usage()
-        self.plan_elastic_at = 0.0  # when the elastic slots are looked at next
+        self.work = elastic.WorkWatch()
         self.desired = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
         self.output = PrefixedOutput() if options.prefix_output or config.prefix_output else None
         self.monitoring = monitoring.Monitoring(env, log, self.backoff, self.output)
@@ -82,8 +77,6 @@ class Supervisor:
         self.history: dict[pool.SlotKey, SlotHistory] = {}
         self.reported_loops: set[str] = set()
         self.paused = False  # WINCH: no workers until HUP
-        self.preloading = False  # the first template is importing: no worker starts before its verdict
-        self.pending_reload: PoolConfig | None = None  # waits for its new template to be ready
         self.stopping = False
         self.stop_deadline: float | None = None  # None while stopping = QUIT: wait for ever
         self.stop_started = 0.0
@@ -100,11 +93,13 @@ class Supervisor:
         inbox = prepare_process(self.log)
         control = self._open_control()
         self.control_path = control.path if control else None
-        self.log_startup()
+        for line in report.startup_lines(self.pool_id, self.config, self.desired, self.term_timeout(),
+                                         self.options.stop.term_sent_to_all, self.limit):
+            self.log.info(line)
         self.configure_monitor()
         setup = preload.setup_for(self.config, self.env)
         if setup is not None:
-            self.preloading = True
+            self.templates.preloading = True
             self.start_template(setup, candidate=False)
         while True:
             now = time.monotonic()
@@ -153,7 +148,7 @@ class Supervisor:
             return None
 
     def effective_desired(self) -> dict[str, tuple[Group, int]]:
-        return {} if self.paused or self.stopping or self.preloading else self.desired
+        return {} if self.paused or self.stopping or self.templates.preloading else self.desired
 
     def step(self, now: float) -> None:
         """Carry out what pool.plan decides, then KILL whoever outstayed its grace."""
@@ -163,10 +158,7 @@ class Supervisor:
             self.start_template(self.templates.setup, candidate=False)
         if self.monitoring.due_restart(now) and not self.stopping:
             self.monitoring.start(now)
-        for template in self.templates.hung(now):
-            self.log.warning(f"template pid {template.pid} did not answer a fork request within "
-                             f"{preload.FORK_TIMEOUT:g}s: KILL")
-            reaper.send([template.pid], signal.SIGKILL)
+        self.templates.kill_hung(now)
         starting = self.templates.starting()
         for action in pool.plan(self.effective_desired(), self.workers.values(), self.history, now, starting):
             if isinstance(action, Stop):
@@ -187,8 +179,7 @@ class Supervisor:
             self.monitoring.next_wakeup(),
             self.leftovers_deadline,
             self.memory.next_sample,
-            self.usage.next_sample if self.watching_the_work() else None,
-            self.plan_elastic_at if now < self.plan_elastic_at < NEVER else None,
+            self.work.next_wakeup(now, self.config, self.desired),
             self.last_spawn + self.config.spawn_delay if self.start_deferred else None,
         ]
         pending = [m for m in moments if m is not None]
@@ -211,44 +202,22 @@ class Supervisor:
             else:
                 backlog = monitoring.summary(self.monitoring.readings, now)
                 self.log.info(f"{decision}; {backlog}" if backlog else decision)
-                work = report.work_line(self.group_entries(now))
+                work = report.work_line(steering.group_entries(self.view(now)))
                 if work is not None:
                     self.log.info(work)
 
     # -- busy, idle, elastic ---------------------------------------------------------------------
 
-    def watching_the_work(self) -> bool:
-        """Whether the loop wakes up each second: some group can tell busy from idle, or is elastic."""
-        return self.config.elastic is not None or any(knows_busy(spec) for spec, _ in self.desired.values())
-
     def follow_the_work(self, now: float) -> None:
         """Sample which workers are busy each second; move elastic slots to the groups whose
         backlog lasts: each second, as a new reading comes, and the moment a backlog has lasted."""
-        if now >= self.usage.next_sample and self.watching_the_work():
-            self.usage.sample(now, self.workers.values(), {name: spec for name, (spec, _) in self.desired.items()})
-            self.plan_elastic_at = min(self.plan_elastic_at, now)
-        if (self.config.elastic is None or now < self.plan_elastic_at or self.stopping or self.paused
-                or self.preloading):
-            return
-        backlogs = monitoring.for_elastic(self.monitoring.readings, now)
-        groups = elastic.views(self.desired, self.workers.values(), backlogs)
-        for move in elastic.plan(groups, self.elastic_total(), now, grow_after=self.config.grow_after,
-                                 shrink_after=self.config.shrink_after):
+        steady = not (self.stopping or self.paused or self.templates.preloading)
+        for move in self.work.follow(now, self.config, self.desired, self.workers.values(),
+                                     monitoring.for_elastic(self.monitoring.readings, now), self.memory,
+                                     steady=steady):
             spec, _count = self.desired[move.group]
             self.desired[move.group] = (spec, move.count)
             self.log.info(f"elastic: {move.reason}")
-        lasted = elastic.next_growth(groups, now, self.config.grow_after)
-        self.plan_elastic_at = lasted if lasted is not None else NEVER
-
-    def elastic_total(self) -> int:
-        """The workers the elastic groups share: pool.elastic, never more than memory allows;
-        with `elastic: auto`, what memory allows (2 x CPUs + 1 while that cannot be told)."""
-        fits = elastic_room(self.desired, list(self.workers.values()), self.memory.base(), self.limit.bytes,
-                            self.config.memory_headroom)
-        if self.config.elastic == ELASTIC_AUTO:
-            return fits if fits is not None else memory.cpu_worker_count(os.cpu_count() or 1)
-        assert self.config.elastic is not None
-        return self.config.elastic if fits is None else min(self.config.elastic, fits)
 
     def helper_pids(self) -> dict[str, list[int]]:
         """Our helper processes, whose memory is the pool's too: the preload templates and the monitor."""
@@ -274,17 +243,12 @@ class Supervisor:
             self.log.info(line)
         if heard.ticked:
             self.send_fleet_entry(now)
-            self.plan_elastic_at = now  # a new backlog reading
+            self.work.plan_at = now  # a new backlog reading
 
     def send_fleet_entry(self, now: float) -> None:
-        """The numbers the monitor publishes next, as the pool knows them without measuring anything."""
-        if not self.monitoring.publishing():
-            return
-        state = "stopping" if self.stopping else "paused" if self.paused else "running"
-        self.monitoring.send({"fleet": monitoring.fleet_entry(
-            self.pool_id, self.started_at, state, self.group_entries(now),
-            self.memory.total(self.workers.values()), self.limit.bytes,
-            sum(h.restarts for h in self.history.values()))})
+        if self.monitoring.publishing():
+            self.monitoring.send({"fleet": steering.fleet_entry(
+                self.view(now), self.started_at, self.memory.total(self.workers.values()), self.limit.bytes)})
 
     # -- preloaded workers ---------------------------------------------------------------------
 
@@ -319,35 +283,17 @@ class Supervisor:
                                                          hopeless=False)
             self.log.warning(f"{event.spec.name}.{event.slot}: the template cannot fork ({event.error})")
         elif isinstance(event, preload.Ready):
-            self.on_template_ready(event.template, event.report)
+            self.carry_out(self.templates.on_ready(event.template, event.report))
         else:
-            self.on_preload_failed(event.template, event.report)
+            self.carry_out(self.templates.on_failed(event.template, event.report))
 
-    def on_template_ready(self, template: preload.Template, report: dict) -> None:
-        self.log.info(preload.describe_ready(template, report))
-        warning = preload.thread_warning(report)
-        if warning:
-            self.log.warning(warning)
-        if template is self.templates.candidate and self.pending_reload is not None:
-            config, self.pending_reload = self.pending_reload, None
-            setup = preload.setup_for(config, self.env)
-            assert setup is not None
-            self.templates.promote(template, setup)
-            self.apply_config(config)
-        elif template is self.templates.current and self.preloading:
-            self.preloading = False
-            self.desired = preload.stamped(self.desired, template.generation)
-
-    def on_preload_failed(self, template: preload.Template, report: dict) -> None:
-        line, trace = preload.failure_lines(report)
-        self.log.error(line)
-        self.log.write_line(trace.rstrip("\n"))  # the app's own traceback: the user needs its frames
-        if template is self.templates.candidate:
-            self.pending_reload = None
-            self.templates.retire(template)
-            self.log.error("reload failed: the running pool is unchanged")
-        elif self.preloading:
-            self.templates.retire(template)
+    def carry_out(self, verdict: preload.Verdict) -> None:
+        """What the app's verdict in a template means for the pool."""
+        if isinstance(verdict, preload.Reloaded):
+            self.apply_config(verdict.config)
+        elif isinstance(verdict, preload.Preloaded):
+            self.desired = preload.stamped(self.desired, verdict.generation)
+        elif isinstance(verdict, preload.GaveUp):
             self.give_up_starting()
 
     def adopt_forked(self, event: preload.Forked, now: float) -> None:
@@ -360,18 +306,6 @@ class Supervisor:
             # Forked after the stop began: no TERM reached it, from us or the platform.
             worker.stop_sent, worker.kill_at = now, self.stop_deadline
             reaper.send([worker.pid], worker.spec.stop_signal)
-
-    def on_template_exit(self, template: preload.Template, status: int, now: float) -> None:
-        if self.preloading and template is self.templates.current:
-            self.log.error(f"preload: the template {reaper.describe(status)} while importing")
-            self.give_up_starting()
-        was_candidate = template is self.templates.candidate
-        line = self.templates.on_exit(template, status, now, jitter())
-        if was_candidate:
-            self.pending_reload = None
-            self.log.error(f"{line}: reload failed, the running pool is unchanged")
-        elif line is not None and not self.stopping:
-            self.log.warning(line)
 
     def give_up_starting(self) -> None:
         """The first template could not import the app: no worker has started; exit 2."""
@@ -454,7 +388,7 @@ class Supervisor:
             template = self.templates.owner(pid)
             monitor = self.monitoring.owner(pid)
             if template is not None:
-                self.on_template_exit(template, status, now)
+                self.carry_out(self.templates.on_gone(template, status, now, jitter(), stopping=self.stopping))
             elif monitor is not None:
                 line = self.monitoring.on_exit(monitor, status, now, jitter())
                 if line is not None and not self.stopping:
@@ -510,7 +444,7 @@ class Supervisor:
         self.stop_started = now
         self.log.info(f"{signal_name(signum)}: stopping {len(self.workers)} worker(s)"
                       + ("" if deadline else " with no deadline (QUIT)"))
-        self.pending_reload = None
+        self.templates.pending = None
         for template in self.templates.alive():
             self.templates.retire(template)  # no more forks; it exits when its channel closes
         self.monitoring.retire(now)  # it takes the pool's fleet entry away as it goes
@@ -595,12 +529,12 @@ class Supervisor:
             return {"error": str(error)}
         setup = preload.setup_for(config, self.env)
         if setup is None:
-            self.pending_reload = None
+            self.templates.pending = None
             self.templates.retire(self.templates.candidate)
             self.templates.retire(self.templates.current)
             self.templates.setup = None
             return {"ok": True, "changes": self.apply_config(config)}
-        self.pending_reload = config
+        self.templates.pending = config
         self.start_template(setup, candidate=True)
         self.log.info("reload: importing the app in a new template; the new config applies when it is ready")
         return {"ok": True, "changes": [], "pending": "importing the app in a new template"}
@@ -611,12 +545,7 @@ class Supervisor:
         new = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
         if template is not None:
             new = preload.stamped(new, template.generation)
-        for name, (spec, _count) in new.items():
-            old = self.desired.get(name)
-            if spec.auto and old and old[0].auto and pool.same_definition(
-                    old[0]._replace(template=spec.template), spec):
-                # keep what `auto` has learnt, within the new bounds (new code does not reset it)
-                new[name] = (spec, max(spec.min_count, min(spec.max_count, old[1])))
+        new = pool.keeping_learnt_counts(self.desired, new)
         changes = pool.reload_diff(self.desired, new)
         self.config, self.desired = config, new
         self.backoff = self.templates.backoff = self.monitoring.backoff = Backoff.from_config(config)
@@ -642,51 +571,26 @@ class Supervisor:
         if command == "reload":
             return self.reload()
         if command == "scale":
-            group, count = request.get("group"), request.get("count")
-            if group not in self.desired:
-                return {"error": f"no group {group!r}; groups: {', '.join(self.desired)}"}
-            if not isinstance(count, int) or not 0 <= count <= 1000:
-                return {"error": "count: expected a whole number from 0 to 1000"}
-            spec, old = self.desired[group]
-            self.desired[group] = (spec, count)
-            self.log.info(f"scale: {group} {old}->{count}")
+            scale = steering.scale_request(request, self.desired)
+            if isinstance(scale, dict):
+                return scale  # the error reply
+            spec, old = self.desired[scale.group]
+            self.desired[scale.group] = (spec, scale.count)
+            self.log.info(f"scale: {scale.group} {old}->{scale.count}")
             return {"ok": True}
         return {"error": f"unknown command {command!r}"}
+
+    def view(self, now: float) -> steering.PoolView:
+        """What the replies and the fleet entry are built from."""
+        return steering.PoolView(self.pool_id, self.stopping, self.paused, self.effective_desired(), self.desired,
+                                 self.workers.values(), self.history, self.backoff.reset_after,
+                                 self.monitoring.readings, lambda name: self.work.usage.shares(name, now), now)
 
     def status(self) -> dict:
         now = time.monotonic()
         # someone asked: fresh numbers are worth one walk over /proc
         self.memory.measure(self.workers.values(), self.helper_pids())
-        templates = self.templates
-        template_pss, monitor_pss = self.memory.helper_pss("template"), self.memory.helper_pss("monitor")
-        return {
-            "pool_id": self.pool_id, "manager_pid": os.getpid(),
-            "stopping": self.stopping, "paused": self.paused,
-            "workers": report.slot_rows(self.effective_desired(), self.desired, self.workers.values(),
-                                        self.history, templates.starting(), now),
-            "groups": self.group_entries(now),
-            "exits": self.exits,
-            "template": report.template_row(templates.current, templates.setup, templates.history,
-                                            template_pss, now),
-            "monitor": report.monitor_row(self.monitoring, monitor_pss, now),
-            "memory": {
-                "limit": self.limit.bytes, "limit_source": self.limit.source,
-                "manager": self.memory.manager_pss, "template": template_pss, "monitor": monitor_pss,
-                "total": self.memory.total(self.workers.values()),
-                "oom_kills": self.memory.oom_kills(),
-            },
-        }
-
-    def group_entries(self, now: float) -> dict[str, dict]:
-        looping = {group for (group, _slot), _ in self.looping(now)}
-        return report.group_entries(self.effective_desired(), self.workers.values(), looping,
-                                    self.monitoring.readings, lambda name: self.usage.shares(name, now), now)
-
-    def looping(self, now: float) -> list[tuple[pool.SlotKey, SlotHistory]]:
-        """Wanted slots still in a crash loop."""
-        counts = {name: count for name, (_, count) in self.effective_desired().items()}
-        uptimes = {w.key: now - w.started for w in self.workers.values() if w.stop_sent is None}
-        return looping_slots(counts, uptimes, self.history, self.backoff.reset_after)
+        return steering.status(self.view(now), self.exits, self.templates, self.monitoring, self.memory, self.limit)
 
     def health(self) -> dict:
         """--health: crash loops and memory from what the pool already knows (no walk over /proc)."""
@@ -695,35 +599,11 @@ class Supervisor:
         usage_now = (memory.read_usage(limit.cgroup_version, limit.cgroup_dir)
                      if limit.bytes is not None and limit.cgroup_dir is not None and limit.cgroup_version is not None
                      else None)
-        problem = first_problem(
-            self.stopping,
-            self.looping(now),
-            memory_problem(self.memory.total(self.workers.values()), limit.bytes,
-                           memory.guard_fraction(self.config.memory_headroom),
-                           usage_now),
-        )
-        return {"healthy": problem is None, "problem": problem,
-                "running": sum(1 for w in self.workers.values() if w.stop_sent is None),
-                "wanted": sum(count for _, count in self.effective_desired().values())}
+        over_guard = memory_problem(self.memory.total(self.workers.values()), limit.bytes,
+                                    memory.guard_fraction(self.config.memory_headroom), usage_now)
+        return steering.health(self.view(now), over_guard)
 
     # -- output --------------------------------------------------------------------------------
-
-    def log_startup(self) -> None:
-        total = sum(count for _, count in self.desired.values())
-        env = f" ({self.config.app_env})" if self.config.app_env else ""
-        self.log.info(
-            f"pool {self.pool_id}: {len(self.desired)} group(s), {total} worker(s) from "
-            f"{self.config.source}{env}; term timeout {self.term_timeout():g}s"
-            + ("; TERM comes from the platform" if self.options.stop.term_sent_to_all else "")
-        )
-        if self.limit.bytes:
-            self.log.info(f"memory limit: {memory.format_bytes(self.limit.bytes)} from {self.limit.source}")
-        else:
-            self.log.info(f"memory limit: none ({self.limit.source})")
-        for name, (spec, count) in self.desired.items():
-            if spec.auto and self.limit.bytes is None:
-                self.log.info(f"auto: {name} runs {count} workers (no memory limit known: 2 x CPUs + 1, "
-                              f"within {spec.min_count}-{spec.max_count})")
 
     def log_shutdown(self) -> None:
         if self.exit_status == EXIT_CONFIG:
