@@ -193,12 +193,14 @@ class Templates:
         return template
 
     def retire(self, template: Template | None) -> None:
-        """Closing its channel ends a ready template; one still importing is KILLed, its work unwanted."""
+        """Closing its channel ends a ready template, once it has answered the forks under way (a
+        worker whose pid never reached us would run unknown, never stopped); one still importing
+        is KILLed, its work unwanted."""
         if template is None or template.retiring:
             return
         template.retiring = True
-        template.channel.close()
-        template.closed = True
+        if not template.pending:
+            self.hang_up(template)
         if not template.ready:
             reaper.send([template.pid], signal.SIGKILL)
         if template is self.current:
@@ -206,6 +208,11 @@ class Templates:
         if template is self.candidate:
             self.candidate = None
         self.retired.append(template)
+
+    @staticmethod
+    def hang_up(template: Template) -> None:
+        template.channel.close()
+        template.closed = True
 
     def promote(self, template: Template, setup: Setup) -> None:
         """The candidate is ready: it forks from now on; the old one goes."""
@@ -262,7 +269,10 @@ class Templates:
     def read(self, template: Template, now: float) -> list[Event]:
         messages, closed = channels.receive(template.channel)
         template.closed = template.closed or closed
-        return [event for message in messages for event in self.interpret(template, message, now)]
+        events = [event for message in messages for event in self.interpret(template, message, now)]
+        if template.retiring and not template.pending and not template.closed:
+            self.hang_up(template)  # its last answer came
+        return events
 
     def interpret(self, template: Template, message: dict, now: float) -> list[Event]:
         if message.get("ready"):
@@ -371,9 +381,11 @@ class Templates:
         return (self.setup is not None and self.current is None and self.candidate is None
                 and self.history.not_before <= now)
 
-    def next_wakeup(self) -> float | None:
+    def next_wakeup(self, *, restarting: bool) -> float | None:
+        """When a fork request times out, or (restarting: the pool still wants a template) when a
+        dead template's backoff ends."""
         moments = [p.sent + FORK_TIMEOUT for t in self.alive() for p in t.pending.values()]
-        if self.setup is not None and self.current is None and self.candidate is None:
+        if restarting and self.setup is not None and self.current is None and self.candidate is None:
             moments.append(self.history.not_before)
         return min(moments, default=None)
 

@@ -175,7 +175,7 @@ class Supervisor:
     def seconds_to_next_wakeup(self, now: float) -> float | None:
         moments = [
             pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now),
-            self.templates.next_wakeup(),
+            self.templates.next_wakeup(restarting=not self.stopping),
             self.monitoring.next_wakeup(),
             self.leftovers_deadline,
             self.memory.next_sample,
@@ -252,25 +252,32 @@ class Supervisor:
 
     # -- preloaded workers ---------------------------------------------------------------------
 
-    def start_template(self, setup: preload.Setup | None, *, candidate: bool) -> None:
+    def start_template(self, setup: preload.Setup | None, *, candidate: bool) -> bool:
+        """A template for the pool (or, candidate, for a reload); False when it cannot start."""
         assert setup is not None
+        if candidate:
+            # An older reload's, still importing: the newest file wins, whether or not this starts.
+            self.templates.retire(self.templates.candidate)
         output = self.output.open("template") if self.output else None
         try:
             template = self.templates.start(setup, time.monotonic(), output)
         except (OSError, SpawnError) as error:
             self.log.error(f"cannot start the preload template: {error}")
-            self.templates.history = pool.after_spawn_failure(
-                self.templates.history, time.monotonic(), self.backoff, str(error), hopeless=False)
-            return
+            if candidate:
+                self.templates.pending = None
+            else:
+                self.templates.history = pool.after_spawn_failure(
+                    self.templates.history, time.monotonic(), self.backoff, str(error), hopeless=False)
+            return False
         finally:
             if output is not None:
                 os.close(output)
         if candidate:
-            self.templates.retire(self.templates.candidate)  # an older reload's, still importing
             self.templates.candidate = template
         else:
             self.templates.current = template
             self.templates.setup = setup
+        return True
 
     def on_template_event(self, event: preload.Event) -> None:
         now = time.monotonic()
@@ -446,7 +453,7 @@ class Supervisor:
                       + ("" if deadline else " with no deadline (QUIT)"))
         self.templates.pending = None
         for template in self.templates.alive():
-            self.templates.retire(template)  # no more forks; it exits when its channel closes
+            self.templates.retire(template)  # no more forks; it exits once it answered those under way
         self.monitoring.retire(now)  # it takes the pool's fleet entry away as it goes
         skip_term = from_platform and self.options.stop.term_sent_to_all
         self.platform_sent_term = self.platform_sent_term or skip_term
@@ -535,7 +542,9 @@ class Supervisor:
             self.templates.setup = None
             return {"ok": True, "changes": self.apply_config(config)}
         self.templates.pending = config
-        self.start_template(setup, candidate=True)
+        if not self.start_template(setup, candidate=True):
+            self.log.error("reload failed: the running pool is unchanged")
+            return {"error": "cannot start a template to import the app"}
         self.log.info("reload: importing the app in a new template; the new config applies when it is ready")
         return {"ok": True, "changes": [], "pending": "importing the app in a new template"}
 

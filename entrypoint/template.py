@@ -131,10 +131,18 @@ class Template:
             request = json.loads(data)
             output = fds[0] if fds else None
             try:
-                self.send(self.fork(request, output))
+                reply = self.fork(request, output)
             finally:
                 if output is not None:
                     os.close(output)
+            try:
+                self.send(reply)
+            except BrokenPipeError:
+                # The manager is gone: the worker just forked would run unknown to any pool.
+                if "pid" in reply:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(reply["pid"], signal.SIGTERM)
+                return
 
     def fork(self, request: dict, output: int | None) -> dict:
         """Fork twice so the worker becomes the manager's child; its pid, or why it failed."""

@@ -21,6 +21,7 @@ import pytest
 from conftest import ROOT, Runner, children_of, wait_for
 from redis_fixture import redis_server  # noqa: F401 - a fixture
 
+from entrypoint import channel as channels
 from entrypoint import preload, template
 from entrypoint.config import load_config
 from entrypoint.control import request
@@ -95,6 +96,38 @@ def test_a_fork_answered_after_its_worker_was_reaped_is_still_that_workers_exit(
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_retired_template_is_heard_out_for_the_forks_under_way() -> None:
+    """A stop retires the template while it forks a worker: its answer (the worker's pid) must
+    still reach the manager, or that worker runs unknown and nothing ever stops it."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)  # as the manager's end is
+    try:
+        keeper = preload.Templates({}, _Silent(), preload.Backoff())
+        template = keeper.current = preload.Template(pid=10, generation=1, channel=ours, started=0.0, ready=True)
+        template.pending[1] = preload.Pending(GROUP, 2, sent=1.0)
+        keeper.retire(template)
+        assert keeper.listening() == [template], "heard out: its channel stays open"
+        assert keeper.next_wakeup(restarting=False) == 1.0 + preload.FORK_TIMEOUT
+        channels.send(theirs, {"forked": 1, "pid": 501})
+        assert keeper.read(template, now=2.0) == [preload.Forked(GROUP, 2, 501, 1.0, None)]
+        assert keeper.listening() == [], "its last answer came: the channel closes"
+        assert theirs.recv(100) == b"", "and the template sees the end of its channel"
+        idle = preload.Template(pid=11, generation=2, channel=theirs, started=0.0, ready=True)
+        keeper.retire(idle)
+        assert idle.closed, "nothing under way: closed at once"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_stopping_pool_sets_no_wake_up_for_a_template_it_will_not_restart() -> None:
+    keeper = preload.Templates({}, _Silent(), preload.Backoff())
+    keeper.setup = preload.Setup(("app",), (), None)
+    keeper.history = keeper.history._replace(not_before=5.0)
+    assert keeper.next_wakeup(restarting=True) == 5.0
+    assert keeper.next_wakeup(restarting=False) is None
 
 
 class _Silent:
