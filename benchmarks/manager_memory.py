@@ -7,17 +7,10 @@ venv and installs the project into it as the image does: a regular, not editable
 `pip install "<src>[rq,metrics]"` of a copy of pyproject.toml, README.md and entrypoint/ (an
 editable install adds an import finder that loads pathlib and more at start-up, and a build in
 the repository would write build/ and *.egg-info there). It then runs that venv's `entrypoint`
-against a private redis-server, with the metrics port set and this pool:
-
-    send_welcome_email: {count: elastic, min: 1, max: 4}
-    crunch_data: {count: elastic, min: 1, max: 8}
-    '*': 1
-    pool:
-      preload: [example.jobs]
-      elastic: 8
-
-from a working directory holding a copy of example/ (as /app in the image), so the template,
-the monitor and the RQ workers (`python -m ...`) import the installed entrypoint, not the repo's.
+against a private redis-server, with the metrics port set and POOL_CONFIG below (preload, two
+elastic groups and a `'*'` group), from a working directory holding a copy of example/ (as /app
+in the image), so the template, the monitor and the RQ workers (`python -m ...`) import the
+installed entrypoint, not the repo's.
 Once the 3 RQ workers are registered it waits --settle seconds and reads the manager's VmRSS and
 VmHWM from /proc/PID/status and its children (helpers and workers). The floor beside it: a bare
 `python -I -S` of the same venv. Goal: the manager under 15 MB (15e6 bytes, 14.3 MiB).
