@@ -11,10 +11,11 @@ WORKDIR /app
 
 # The project first, so editing the example does not reinstall it. Built outside /app, so the
 # app directory holds only the app (and `import entrypoint` finds the installed package).
-# "/src[rq]" is `pip install .[rq]` of /src, spelled so hadolint sees a local path (DL3013).
+# "/src[rq,metrics]" is `pip install .[rq,metrics]` of /src, spelled so hadolint sees a local path
+# (DL3013); `metrics` is prometheus_client, for METRICS_PORT (k8s/deployment.yaml sets it).
 COPY pyproject.toml README.md /src/
 COPY entrypoint/ /src/entrypoint/
-RUN pip install --no-cache-dir "/src[rq]" && rm -rf /src
+RUN pip install --no-cache-dir "/src[rq,metrics]" && rm -rf /src
 
 # The example app and its pool config (RQ imports example.jobs from the working directory).
 # Compiled now: every RQ work-horse imports the job's module, and the non-root user cannot

@@ -224,6 +224,16 @@ def wait_exit(popen: subprocess.Popen, timeout: float) -> bool:
     return True
 
 
+def terminate(popen: subprocess.Popen, timeout: float) -> None:
+    """TERM, then KILL its whole session if it is still there after `timeout` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        popen.send_signal(signal.SIGTERM)
+    if not wait_exit(popen, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+
+
 def kill_tree(root: int) -> None:
     """SIGKILL root's descendants (deepest last found first), then root."""
     for pid, _stat in reversed(tree(root)):

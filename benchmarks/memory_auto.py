@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ def own_memory_cgroup() -> Path:
     found = cgroup_memory_dir(Path("/proc/self/cgroup").read_text(), Path("/proc/self/mountinfo").read_text())
     if found is None or found[0] != 1:
         raise SystemExit("this benchmark needs a cgroup v1 memory controller (as Heroku dynos have)")
-    return found[1]
+    return Path(found[1])
 
 
 def settle(socket: str, quiet_seconds: float, timeout: float) -> list[dict]:
@@ -57,11 +58,35 @@ def settle(socket: str, quiet_seconds: float, timeout: float) -> list[dict]:
     raise SystemExit(f"auto did not settle within {timeout}s")
 
 
-def measure(limit_mb: int, footprint_mb: int) -> dict:
-    group = own_memory_cgroup() / f"entrypoint-bench-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def memory_cgroup(limit_mb: int, name: str = "entrypoint-bench") -> Iterator[Path]:
+    """A fresh child of our cgroup v1 memory group with this limit; at the end its processes are
+    KILLed and it is removed."""
+    group = own_memory_cgroup() / f"{name}-{uuid.uuid4().hex[:8]}"
     group.mkdir()
     try:
         (group / "memory.limit_in_bytes").write_text(str(limit_mb * MIB))
+        yield group
+    finally:
+        with contextlib.suppress(OSError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                group.rmdir()
+                break
+            time.sleep(0.05)
+
+
+def peak_and_oom_kills(group: Path) -> tuple[int, int]:
+    """The group's peak usage in bytes and how many processes the kernel OOM-killed in it."""
+    oom = dict(line.split() for line in (group / "memory.oom_control").read_text().splitlines())
+    return int((group / "memory.max_usage_in_bytes").read_text()), int(oom.get("oom_kill", 0))
+
+
+def measure(limit_mb: int, footprint_mb: int) -> dict:
+    with memory_cgroup(limit_mb) as group:
         with tempfile.TemporaryDirectory() as tmp:
             socket = f"{tmp}/pool.sock"
             Path(tmp, "pool.yml").write_text(
@@ -82,7 +107,7 @@ def measure(limit_mb: int, footprint_mb: int) -> dict:
                 pool.wait(timeout=60)
         per_worker = max(w["memory"] for w in running)
         manager = status["memory"]["manager"]
-        oom = dict(line.split() for line in (group / "memory.oom_control").read_text().splitlines())
+        peak, oom_kills = peak_and_oom_kills(group)
         return {
             "footprint_mb": footprint_mb,
             "limit_mb": limit_mb,
@@ -91,20 +116,10 @@ def measure(limit_mb: int, footprint_mb: int) -> dict:
             "fits_in_limit": int((limit_mb * MIB - manager) // per_worker),
             "per_worker_mib": round(per_worker / MIB, 1),
             "manager_mib": round(manager / MIB, 1),
-            "peak_mib": round(int((group / "memory.max_usage_in_bytes").read_text()) / MIB, 1),
-            "oom_kills": int(oom.get("oom_kill", 0)),
+            "peak_mib": round(peak / MIB, 1),
+            "oom_kills": oom_kills,
             "settle_seconds": round(took, 1),
         }
-    finally:
-        with contextlib.suppress(OSError):
-            for pid in (group / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-        for _ in range(100):
-            with contextlib.suppress(OSError):
-                group.rmdir()
-                break
-            time.sleep(0.05)
 
 
 def main() -> None:

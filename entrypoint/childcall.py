@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from entrypoint.spawn import fork_with_pipe
+
 
 class NoAnswer(Exception):
     """The child exited without answering (it printed --help, or crashed); `status` is its wait status."""
@@ -28,13 +30,7 @@ def call_in_child(function: Callable[[], Any]) -> Any:
     The child is reaped here, by its pid, before anything else runs: a loop's waitpid(-1) never
     sees it, so it is never taken for a worker or an orphan. OSError when the fork fails.
     """
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        raise
+    pid, read_end, write_end = fork_with_pipe()
     if pid == 0:
         os.close(read_end)
         _answer(function, write_end)

@@ -46,6 +46,7 @@ def stop_policy(args: Options, env: Mapping[str, str]) -> StopPolicy:
         term_timeout=default_term_timeout(env) if timeout is None else timeout,
         term_delay=delay or 0.0,
         term_sent_to_all=on_heroku(env) if to_all is None else to_all,
+        timeout_given=timeout is not None,
     )
 
 
@@ -93,15 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         invocation = unnest(parse(argv, env), env)
         args = invocation.args
         log.verbosity = args.verbose
-        if invocation.command is None and (args.check or args.status or args.health or args.scale is not None
-                                           or args.reload):
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        steering = args.status or args.health or args.scale is not None or args.reload or args.fleet
+        if invocation.command is None and (args.check or steering):
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # Ctrl-C stops a command, as it should
         if invocation.command is not None:
             options = init_options(args, env)
             from entrypoint.spawn import mark_inherited_descriptors_cloexec
 
             mark_inherited_descriptors_cloexec()
             return Init(invocation.command, options, env, log).run()
+        if args.fleet:
+            return show_fleet(env, as_json=args.json)
         if args.status or args.health or args.scale is not None or args.reload:
             return steer_pool(args, env)
         return run_pool(args, log)
@@ -120,7 +123,9 @@ def run_pool(args: Options, log: Log) -> int:
     cwd = os.getcwd()
     try:
         # --check may import anything; the pool reads in a child, so PID 1 never loads PyYAML.
-        started = read_at_start(args.config, cwd) if args.check else start_in_child(args.config, cwd)
+        preload = tuple(args.preload) if args.preload else None
+        started = (read_at_start(args.config, cwd, preload) if args.check
+                   else start_in_child(args.config, cwd, preload))
     except ConfigError as error:
         for problem in error.problems:
             log.error(str(problem))
@@ -132,7 +137,7 @@ def run_pool(args: Options, log: Log) -> int:
     def load() -> PoolConfig:
         # A reload reads the file found at start, even if it is gone by then: never another
         # file, nor the environment, by surprise.
-        return reload_in_child(started.path, cwd)
+        return reload_in_child(started.path, cwd, preload)
 
     if args.check:
         from entrypoint.console import print_config
@@ -141,6 +146,7 @@ def run_pool(args: Options, log: Log) -> int:
         return 0
     from entrypoint.console import PoolLog
     from entrypoint.control import default_socket_path
+    from entrypoint.monitoring import parse_port
     from entrypoint.spawn import mark_inherited_descriptors_cloexec
     from entrypoint.supervisor import PoolOptions, Supervisor
 
@@ -149,11 +155,11 @@ def run_pool(args: Options, log: Log) -> int:
         crash_loop_exit = _parsed(os.environ["EXIT_ON_CRASH_LOOP"], "EXIT_ON_CRASH_LOOP", parse_switch)
     options = PoolOptions(
         stop=stop,
-        stop_from_flags=args.term_timeout is not None or bool(os.environ.get("TERM_TIMEOUT")),
         socket_path=args.socket or default_socket_path(os.environ),
         exit_on_crash_loop=bool(crash_loop_exit or config.exit_on_crash_loop),
         memory=memory_limit(args, config),
         prefix_output=bool(args.prefix),
+        metrics_port=_from(args.metrics_port, os.environ, "METRICS_PORT", "--metrics-port", parse_port),
     )
     mark_inherited_descriptors_cloexec()
     return Supervisor(config, options, os.environ, PoolLog(args.verbose), load).run()
@@ -203,4 +209,19 @@ def steer_pool(args: Options, env: Mapping[str, str]) -> int:
     from entrypoint.console import print_reply
 
     print_reply(payload["command"], reply, as_json=args.json)
+    return 0
+
+
+def show_fleet(env: Mapping[str, str], *, as_json: bool) -> int:
+    """--fleet: every pool publishing to $REDIS_URL, read there (redis-py: this is a client, not PID 1)."""
+    if not env.get("REDIS_URL"):
+        raise UsageError("--fleet: REDIS_URL is not set: it names the Redis every pool publishes to")
+    from entrypoint.console import print_fleet
+    from entrypoint.fleet import FleetError, read_fleet
+
+    try:
+        print_fleet(read_fleet(env["REDIS_URL"], env), as_json=as_json)
+    except FleetError as error:
+        Log().error(str(error))
+        return EXIT_NO_POOL
     return 0

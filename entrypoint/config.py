@@ -18,16 +18,20 @@ def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) ->
     return None if found is None else found[0]
 
 
-def load_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> PoolConfig:
-    """Read and check the pool file (or the environment); ConfigError lists every problem."""
+def load_config(explicit: str | None, env: Mapping[str, str], cwd: Path,
+                preload: tuple[str, ...] | None = None) -> PoolConfig:
+    """Read and check the pool file (or the environment); ConfigError lists every problem.
+
+    `preload` (--preload), else WORKER_PRELOAD, replaces the file's pool.preload.
+    """
     found = _locate(explicit, env, cwd)
     if found is None:
-        return _from_environment(env)
+        return _from_environment(env, preload)
     path, shown = found
     # Imported here: PyYAML is needed only when there is a file to read.
     from entrypoint.configfile import from_file
 
-    return from_file(path, shown, env)
+    return from_file(path, shown, env, preload)
 
 
 def read_dotenv(cwd: Path, environ: MutableMapping[str, str]) -> Path | None:
@@ -106,8 +110,9 @@ def _usable(path: Path, shown: str, key: str) -> tuple[Path, str]:
 # read only here; a file that wants it says ${WORKER_CONCURRENCY}.
 
 
-def _from_environment(env: Mapping[str, str]) -> PoolConfig:
+def _from_environment(env: Mapping[str, str], preload: tuple[str, ...] | None) -> PoolConfig:
     problems: list[Problem] = []
+    preload = values.preload_override(preload, env, problems) or ()
     name = env.get("QUEUES", "").strip() or "*"
     queues: tuple[str, ...] = ()
     count: int | None = 1
@@ -131,5 +136,6 @@ def _from_environment(env: Mapping[str, str]) -> PoolConfig:
         argv=(),
     )
     return PoolConfig(
-        source="environment", app_env=None, groups=(values.with_argv(group, template, env),)
+        source="environment", app_env=None, preload=preload,
+        groups=(values.with_argv(group, template, env, preloaded=bool(preload)),),
     )

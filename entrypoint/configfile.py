@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -21,20 +21,28 @@ _MAX_NODES = 10_000
 _MAX_MERGE_DEPTH = 32
 
 _APP_ENV_VARIABLES = ("APP_ENV", "RACK_ENV", "RAILS_ENV", "RESQUE_ENV")
-_GROUP_KEYS = ("command", "count", "env", "max", "max_memory", "min", "stop_signal", "term_timeout")
+_GROUP_KEYS = ("call", "command", "count", "env", "max", "max_memory", "min", "requeue_on_shutdown", "stop_signal",
+               "term_timeout")
 _POOL_KEYS = (
+    "after_fork",
     "backoff_max",
     "backoff_min",
     "backoff_reset",
     "command",
+    "elastic",
     "env",
     "exit_on_crash_loop",
+    "grow_after",
+    "fleet",
     "max_memory",
     "max_workers",
     "memory_headroom",
     "memory_interval",
     "memory_limit",
     "prefix_output",
+    "preload",
+    "requeue_on_shutdown",
+    "shrink_after",
     "spawn_delay",
     "stop_signal",
     "term_timeout",
@@ -47,8 +55,12 @@ _D = TypeVar("_D")
 _DEFAULT = PoolConfig(source="", app_env=None, groups=())
 
 
-def from_file(path: Path, shown: str, env: Mapping[str, str]) -> PoolConfig:
-    """The pool described by the file at `path` (named `shown` in problems); ConfigError lists every problem."""
+def from_file(path: Path, shown: str, env: Mapping[str, str],
+              preload: tuple[str, ...] | None = None) -> PoolConfig:
+    """The pool described by the file at `path` (named `shown` in problems); ConfigError lists every problem.
+
+    `preload` (--preload), else WORKER_PRELOAD, replaces the file's pool.preload.
+    """
     root = compose(path, shown)
     reader = _FileReader(shown, env)
     try:
@@ -56,11 +68,14 @@ def from_file(path: Path, shown: str, env: Mapping[str, str]) -> PoolConfig:
     except _TooManyNodes as err:
         reader.problem(err.line, "", f"more than {_MAX_NODES} YAML nodes once aliases are expanded")
         raise ConfigError(_in_order(reader.problems)) from None
+    override = values.preload_override(preload, env, reader.problems)
     if reader.problems:
         raise ConfigError(_in_order(reader.problems))
+    if override is not None:
+        settings = settings._replace(preload=override)
     # Commands are built only now, so default_worker_argv is imported only for a pool that will run.
     groups = tuple(
-        values.with_argv(group, template, env)
+        values.with_argv(group, template, env, preloaded=bool(settings.preload))
         for group, template in zip(settings.groups, templates, strict=True)
     )
     return settings._replace(groups=groups)
@@ -105,6 +120,9 @@ class _GroupDefaults:
     term_timeout: float | None = None
     max_memory: int | None = None
     max_workers: int = MAX_COUNT
+    elastic: int | None = None  # pool.elastic: an elastic group's default max when it is a number
+    elastic_named: bool = False  # pool.elastic is in the file (perhaps unreadable: reported there)
+    requeue_on_shutdown: bool = True
 
 
 class _FileReader:
@@ -167,8 +185,21 @@ class _FileReader:
         if shared is None and any(template is None for _, template in built):
             shared = values.env_command(self.env, self.problems)
         groups = tuple(group for group, _ in built)
+        self.check_elastic(settings, groups, pool.get("elastic"))
         templates = [shared if template is None else template for _, template in built]
         return settings._replace(app_env=chosen, groups=groups), templates
+
+    def check_elastic(self, settings: PoolConfig, groups: tuple[Group, ...], entry: _Entry | None) -> None:
+        """pool.elastic needs elastic groups, and room for each one's minimum."""
+        if entry is None or settings.elastic is None:
+            return
+        elastic = [g for g in groups if g.elastic]
+        if not elastic:
+            self.problem(entry.line, entry.path, "no group has count: elastic")
+        minimums = sum(g.min_count for g in elastic)
+        if settings.elastic and minimums > settings.elastic:
+            self.problem(entry.line, entry.path, f"the elastic groups' minimums add up to {minimums}, "
+                         f"more than the {settings.elastic} they share")
 
     def is_section(self, entry: _Entry) -> bool:
         return isinstance(entry.value, MappingNode) and "count" not in self.mapping(
@@ -199,17 +230,21 @@ class _FileReader:
             max_workers=self.get(
                 entries, "max_workers", self.scalar(values.max_workers), base.max_workers
             ),
+            requeue_on_shutdown=self.get(entries, "requeue_on_shutdown", self.scalar(values.flag), True),
         )
         settings = PoolConfig(
             source=self.source,
             app_env=None,
             groups=(),
             term_timeout=defaults.term_timeout,
+            preload=self.get(entries, "preload", self.modules, ()),
+            after_fork=self.get(entries, "after_fork", self.scalar(values.reference), None),
             **{
                 key: self.get(entries, key, self.scalar(parse), getattr(_DEFAULT, key))
                 for key, parse in values.POOL_SETTINGS.items()
             },
         )
+        defaults = replace(defaults, elastic=settings.elastic, elastic_named="elastic" in entries)
         if settings.backoff_min > settings.backoff_max:
             blamed = entries.get("backoff_max") or entries["backoff_min"]
             self.problem(
@@ -239,14 +274,21 @@ class _FileReader:
         )
         self.unknown(fields, _GROUP_KEYS)
         # An unreadable count reads as auto, so it raises no second problem about min and max.
-        count = self.get(fields, "count", self.scalar(values.count), None)
+        count = self.get(fields, "count", self.scalar(values.group_count), None)
+        elastic = count == "elastic"
+        if elastic:
+            count = None
+            if not defaults.elastic_named:
+                self.problem(fields["count"].line, fields["count"].path,
+                             "elastic needs pool.elastic: how many workers the elastic groups share")
+        shared = defaults.elastic if elastic and defaults.elastic else defaults.max_workers
         low = self.get(fields, "min", self.scalar(values.bound), 1)
-        high = self.get(fields, "max", self.scalar(values.bound), defaults.max_workers)
+        high = self.get(fields, "max", self.scalar(values.bound), shared)
         if count is not None:
             for key in ("min", "max"):
                 if key in fields:
                     self.problem(
-                        fields[key].line, fields[key].path, "applies only when count is auto"
+                        fields[key].line, fields[key].path, "applies only when count is auto or elastic"
                     )
             low = high = count
         elif low > high:
@@ -264,11 +306,17 @@ class _FileReader:
             stop_signal=self.get(
                 fields, "stop_signal", self.scalar(parse_signal), defaults.stop_signal
             ),
-            term_timeout=self.get(
-                fields, "term_timeout", self.scalar(values.seconds), defaults.term_timeout
-            ),
+            # Only the group's own: the pool's applies at run time, where TERM_TIMEOUT beats it.
+            term_timeout=self.get(fields, "term_timeout", self.scalar(values.seconds), None),
             max_memory=self.get(fields, "max_memory", self.scalar(values.size), defaults.max_memory),
+            call=self.get(fields, "call", self.scalar(values.reference), None),
+            elastic=elastic,
+            requeue_on_shutdown=self.get(fields, "requeue_on_shutdown", self.scalar(values.flag),
+                                         defaults.requeue_on_shutdown),
         )
+        if "call" in fields and "command" in fields:
+            blamed = fields["command"]
+            self.problem(blamed.line, blamed.path, "a group runs a command or a call, not both")
         return group, self.get(fields, "command", self.command, None)
 
     def unknown(self, entries: dict[str, _Entry], known: tuple[str, ...]) -> None:
@@ -385,6 +433,15 @@ class _FileReader:
             return values.split_command(command)
         except ValueError as err:
             self.fail(node, path, str(err))
+
+    def modules(self, node: Node, path: str) -> tuple[str, ...]:
+        """A list of module names, or one string of them separated by commas."""
+        items = node.value if isinstance(node, SequenceNode) else [node]
+        names: list[str] = []
+        for item in items:
+            self.spend(item)
+            names.extend(self.scalar(values.modules)(item, path))
+        return tuple(names)
 
     def environment(self, node: Node, path: str) -> dict[str, str]:
         if not isinstance(node, MappingNode):

@@ -23,8 +23,11 @@ class Started(NamedTuple):
     dotenv: dict[str, str]
 
 
-def read_at_start(explicit: str | None, cwd: str) -> Started:
-    """.env (never overriding what is set), then the file it and the flags point to, or the environment."""
+def read_at_start(explicit: str | None, cwd: str, preload: tuple[str, ...] | None = None) -> Started:
+    """.env (never overriding what is set), then the file it and the flags point to, or the environment.
+
+    `preload` (--preload) replaces the file's pool.preload, as WORKER_PRELOAD does.
+    """
     from collections import ChainMap
     from pathlib import Path
 
@@ -35,21 +38,21 @@ def read_at_start(explicit: str | None, cwd: str) -> Started:
     read_dotenv(Path(cwd), env)
     found = find_config_file(explicit, env, Path(cwd))
     path = None if found is None else str(found)
-    return Started(load_config(path, env, Path(cwd)), path, added)
+    return Started(load_config(path, env, Path(cwd), preload), path, added)
 
 
-def start_in_child(explicit: str | None, cwd: str) -> Started:
+def start_in_child(explicit: str | None, cwd: str, preload: tuple[str, ...] | None = None) -> Started:
     """read_at_start in a child; its ConfigError is raised here."""
 
     def read() -> tuple[Any, ...]:
-        started = read_at_start(explicit, cwd)
+        started = read_at_start(explicit, cwd, preload)
         return started.config.to_plain(), started.path, started.dotenv
 
     plain_config, path, dotenv = _in_child(read, "config")
     return Started(PoolConfig.from_plain(plain_config), path, dotenv)
 
 
-def reload_in_child(path: str | None, cwd: str) -> PoolConfig:
+def reload_in_child(path: str | None, cwd: str, preload: tuple[str, ...] | None = None) -> PoolConfig:
     """The file found at start (or the environment) read again in a child; its ConfigError is raised here."""
 
     def read() -> dict[str, Any]:
@@ -57,7 +60,7 @@ def reload_in_child(path: str | None, cwd: str) -> PoolConfig:
 
         from entrypoint.config import load_config
 
-        return load_config(path, os.environ, Path(cwd)).to_plain()
+        return load_config(path, os.environ, Path(cwd), preload).to_plain()
 
     return PoolConfig.from_plain(_in_child(read, path or "environment"))
 

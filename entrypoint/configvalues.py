@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Callable, Mapping
 
 from entrypoint.memory import parse_size
-from entrypoint.poolconfig import MAX_COUNT, MAX_SECONDS, Group, Problem
+from entrypoint.poolconfig import ELASTIC_AUTO, MAX_COUNT, MAX_SECONDS, Group, Problem
 
 _REFERENCE = re.compile(r"\$(?:(\$)|\{([^}]*)(\}?))")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -22,6 +22,7 @@ _PLACEHOLDERS = ("queues", "queues_csv", "group")
 _WHOLE = re.compile(r"[0-9]{1,9}")
 _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 # YAML 1.1's boolean words, which resque-pool's Ruby YAML also reads as booleans.
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 ERB_HINT = (
@@ -68,6 +69,23 @@ def count(text: str) -> int | None:
     return _whole(text, 0, MAX_COUNT, " or auto")
 
 
+def group_count(text: str) -> int | str | None:
+    """A group's count in a file: a number, auto (None) or elastic."""
+    if text.strip().lower() == "elastic":
+        return "elastic"
+    try:
+        return count(text)
+    except ValueError as err:
+        raise ValueError(str(err).replace(" or auto,", ", auto or elastic,")) from None
+
+
+def elastic_total(text: str) -> int:
+    """pool.elastic: how many workers the elastic groups share, or auto (ELASTIC_AUTO)."""
+    if text.strip().lower() == "auto":
+        return ELASTIC_AUTO
+    return _whole(text, 1, MAX_COUNT, " or auto")
+
+
 def bound(text: str) -> int:
     """An auto group's min or max."""
     return _whole(text, 0, MAX_COUNT)
@@ -98,7 +116,7 @@ def _fraction(text: str) -> float:
     raise ValueError(f"expected a fraction above 0 and at most 1 (e.g. 0.85), got {_got(text)}")
 
 
-def _flag(text: str) -> bool:
+def flag(text: str) -> bool:
     word = text.strip().lower()
     if word in _TRUE or word in _FALSE:
         return word in _TRUE
@@ -118,11 +136,15 @@ POOL_SETTINGS: dict[str, Callable[[str], object]] = {
     "backoff_min": seconds,
     "backoff_max": seconds,
     "backoff_reset": seconds,
-    "exit_on_crash_loop": _flag,
-    "prefix_output": _flag,
+    "exit_on_crash_loop": flag,
+    "prefix_output": flag,
     "memory_headroom": _fraction,
     "memory_limit": size,
     "memory_interval": _interval,
+    "elastic": elastic_total,
+    "grow_after": seconds,
+    "shrink_after": seconds,
+    "fleet": flag,
 }
 
 
@@ -134,6 +156,23 @@ def queues(text: str) -> tuple[str, ...]:
     if any(not c.isprintable() and c != " " for c in text):
         raise ValueError("a queue name cannot contain control characters (NUL, newline, tab ...)")
     return names
+
+
+def modules(text: str) -> tuple[str, ...]:
+    """`a.b, c`: module names to import, in that order."""
+    names = tuple(part.strip() for part in text.split(","))
+    for name in names:
+        if not _MODULE.fullmatch(name):
+            raise ValueError(f"expected module names such as myapp.jobs, separated by commas, got {_got(text)}")
+    return names
+
+
+def reference(text: str) -> str:
+    """`package.module:function`: something to call, named the way entry points are."""
+    module, colon, attribute = text.strip().partition(":")
+    if not colon or not _MODULE.fullmatch(module) or not _MODULE.fullmatch(attribute):
+        raise ValueError(f"expected module:function, such as myapp.workers:main, got {_got(text)}")
+    return text.strip()
 
 
 def split_command(command: str | list[str]) -> tuple[str, ...]:
@@ -177,15 +216,33 @@ def _fill(template: tuple[str, ...], group: Group) -> tuple[str, ...]:
     return tuple(argv)
 
 
-def with_argv(group: Group, template: tuple[str, ...] | None, env: Mapping[str, str]) -> Group:
-    """The group with its command filled in: its template's, else the default RQ worker's."""
+def with_argv(group: Group, template: tuple[str, ...] | None, env: Mapping[str, str], preloaded: bool) -> Group:
+    """The group with what it runs: its `call` in a fork; else its command; else the default RQ
+    worker, which runs in a fork of the preloaded app when there is one."""
+    if group.call is not None:
+        return group._replace(forked=True)
     if template is not None:
         return group._replace(argv=_fill(template, group))
     # Imported here: RQ is an optional dependency, and a pool that gives all its commands never
     # needs it.
     from entrypoint.rqworker import default_worker_argv
 
-    return group._replace(argv=default_worker_argv(group.queues, env))
+    return group._replace(argv=default_worker_argv(group.queues, env), forked=preloaded)
+
+
+def preload_override(explicit: tuple[str, ...] | None, env: Mapping[str, str],
+                     problems: list[Problem]) -> tuple[str, ...] | None:
+    """--preload, else WORKER_PRELOAD: they replace the file's pool.preload; None when neither is set."""
+    if explicit:
+        return explicit
+    text = env.get("WORKER_PRELOAD", "").strip()
+    if not text:
+        return None
+    try:
+        return modules(text)
+    except ValueError as err:
+        problems.append(Problem("environment", None, "WORKER_PRELOAD", str(err)))
+        return None
 
 
 def env_command(env: Mapping[str, str], problems: list[Problem]) -> tuple[str, ...] | None:

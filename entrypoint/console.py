@@ -126,16 +126,16 @@ def print_config(config: PoolConfig, stop: StopPolicy) -> None:
     rows = []
     for group in config.groups:
         count = f"auto ({group.min_count}-{group.max_count})" if group.auto else group.count
-        timeout = group.term_timeout if group.term_timeout is not None else config.term_timeout
+        runs = f"call {group.call}" if group.call else shlex.join(group.argv)
         rows.append((
-            group.name, ", ".join(group.queues), count, shlex.join(group.argv),
+            group.name, ", ".join(group.queues), count, "fork" if group.forked else "exec", runs,
             signal_name(group.stop_signal).removeprefix("SIG"),
-            f"{timeout if timeout is not None else stop.term_timeout:g}s",
+            f"{stop.grace(group.term_timeout, config.term_timeout):g}s",
             " ".join(f"{k}={v}" for k, v in group.env) or "-",
         ))
     env = f", environment {config.app_env}" if config.app_env else ""
     print_table(f"pool from {config.source}{env}",
-                ("group", "queues", "count", "command", "stop", "term timeout", "env"), rows)
+                ("group", "queues", "count", "how", "command", "stop", "term timeout", "env"), rows)
     settings = (
         f"spawn delay {config.spawn_delay:g}s; backoff {config.backoff_min:g}s-"
         f"{config.backoff_max:g}s (reset after {config.backoff_reset:g}s); "
@@ -143,6 +143,9 @@ def print_config(config: PoolConfig, stop: StopPolicy) -> None:
         f"{'yes' if stop.term_sent_to_all else 'no'}; exit on crash loop: "
         f"{'yes' if config.exit_on_crash_loop else 'no'}"
     )
+    if any(group.forked for group in config.groups):
+        settings += (f"; preload: {', '.join(config.preload) or 'nothing but what the groups run'}; "
+                     f"after_fork: {config.after_fork or '-'}")
     print(settings)
 
 
@@ -155,21 +158,93 @@ def print_reply(command: str, reply: dict, *, as_json: bool) -> None:
         return
     from entrypoint.memory import format_bytes
 
+    job = {True: "busy", False: "idle"}
+    # Helpers' rows first, marked so no queue name can be mistaken for them.
+    helpers = [{**row, "group": f"({name})", "slot": row.get("generation") or "-"}
+               for name in ("template", "monitor") if (row := reply.get(name))]
     rows = [
-        (w["group"], w["slot"], w["pid"] or "-", w["state"],
+        (w["group"], w["slot"], w["pid"] or "-", w["state"], job.get(w.get("busy"), "-"),
          f"{w['uptime']:.0f}s" if w["uptime"] is not None else "-", w["restarts"],
          w["last_exit"] or "-", format_bytes(w["memory"]) if w["memory"] else "-")
-        for w in reply["workers"]
+        for w in helpers + reply["workers"]
     ]
     title = f"pool {reply['pool_id']} (manager pid {reply['manager_pid']})"
     if reply.get("stopping"):
         title += ": stopping"
     elif reply.get("paused"):
         title += ": paused (WINCH; HUP resumes)"
-    print_table(title, ("group", "slot", "pid", "state", "uptime", "restarts", "last exit", "memory"), rows)
+    print_table(title, ("group", "slot", "pid", "state", "job", "uptime", "restarts", "last exit", "memory"), rows)
+    print_table("groups", ("group", "workers", "busy", "busy 1 min", "busy 5 min", "backlog", "memory", "elastic"),
+                [group_row(name, group) for name, group in reply.get("groups", {}).items()])
     used = reply["memory"]
     limit = f"of {format_bytes(used['limit'])} from {used['limit_source']}" if used["limit"] else "no limit known"
-    print(f"memory: {format_bytes(used['total'])} in all, the manager {format_bytes(used['manager'])}; {limit}")
+    helpers_memory = "".join(f", the {name} {format_bytes(used[name])}" for name in ("template", "monitor")
+                             if used.get(name))
+    print(f"memory: {format_bytes(used['total'])} in all, the manager {format_bytes(used['manager'])}"
+          f"{helpers_memory}; {limit}")
+    monitor = reply.get("monitor")
+    for line in (monitor or {}).get("error"), (monitor or {}).get("metrics"):
+        if line:
+            print(f"monitor: {one_line(line)}")
+
+
+def describe_backlog(backlog: dict) -> str:
+    """`412 waiting, oldest 40s`, and how old the reading is once it is stale."""
+    text = f"{backlog['waiting']} waiting"
+    if backlog.get("oldest") is not None:
+        text += f", oldest {backlog['oldest']:.0f}s"
+    if backlog.get("stale"):
+        text += f" (stale: read {backlog['age']:.0f}s ago)"
+    return text
+
+
+def print_fleet(pools: list[dict], *, as_json: bool) -> None:
+    """--fleet: one row per pool, its groups in one cell."""
+    import json
+
+    if as_json:
+        print(json.dumps(pools, indent=2))
+        return
+    from entrypoint.memory import format_bytes
+
+    now = time.time()
+    rows = []
+    for entry in pools:
+        groups = entry.get("groups", {})
+        cells = []
+        for name, group in groups.items():
+            cell = f"{one_line(name)} {group.get('running', '?')}/{group.get('wanted', '?')}"
+            if group.get("backlog"):
+                cell += f", {describe_backlog(group['backlog'])}"
+            if group.get("crash_looping"):
+                cell += ", crash-looping"
+            cells.append(cell)
+        used = entry.get("memory", {})
+        memory = format_bytes(used["total"]) if used.get("total") else "-"
+        if used.get("limit"):
+            memory += f" of {format_bytes(used['limit'])}"
+        published = entry.get("published")
+        rows.append((one_line(str(entry["pool_id"])), entry.get("state", "-"), "\n".join(cells) or "-", memory,
+                     entry.get("restarts", "-"), f"{now - published:.0f}s ago" if published else "-"))
+    print_table(f"{len(pools)} pool(s)", ("pool", "state", "groups: running/wanted, backlog", "memory",
+                                         "restarts", "updated"), rows)
+
+
+def group_row(name: str, group: dict) -> tuple:
+    """A --status groups line: workers, busy now and over time, backlog, memory, elastic bounds."""
+    from entrypoint.memory import format_bytes
+
+    shares = group["utilization"] or {}
+
+    def percent(label: str) -> str:
+        share = shares.get(label)
+        return "-" if share is None else f"{100 * share:.0f}%"
+
+    bounds, backlog = group["elastic"], group["backlog"]
+    return (name, f"{group['running']}/{group['wanted']}", "-" if group["busy"] is None else group["busy"],
+            percent("1m"), percent("5m"), describe_backlog(backlog) if backlog else "-",
+            format_bytes(group["memory"]) if group["memory"] else "-",
+            f"{bounds['min']}-{bounds['max']}" if bounds else "-")
 
 
 class PrefixedOutput:

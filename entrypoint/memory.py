@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from entrypoint.reaper import below
@@ -47,14 +47,12 @@ class MemoryLimit(NamedTuple):
 
     bytes: int | None
     source: str
-    cgroup_dir: Path | None
+    cgroup_dir: str | None
     # Added so callers can hand cgroup_dir to read_usage/read_oom_kills without guessing the layout.
     cgroup_version: int | None = None
 
 
-def find_memory_limit(
-    override: str | None, env: Mapping[str, str], proc: Path = Path("/proc")
-) -> MemoryLimit:
+def find_memory_limit(override: str | None, env: Mapping[str, str], proc: str | os.PathLike = "/proc") -> MemoryLimit:
     """The limit to plan for: --memory-limit, then MEMORY_LIMIT, then the tightest cgroup limit.
 
     The cgroup directory is reported even when a flag or variable sets the limit, because usage and
@@ -69,16 +67,18 @@ def find_memory_limit(
         return MemoryLimit(None, _NO_CONTROLLER, None)
     version, directory, mount_point = found
     # A v2 cgroup without the memory controller enabled (or the v2 root) has no memory.max.
-    if not (directory / _LIMIT_FILE[version]).exists():
+    if not os.path.exists(os.path.join(directory, _LIMIT_FILE[version])):
         return MemoryLimit(None, _NO_CONTROLLER, None)
-    best: tuple[int, Path] | None = None
+    best: tuple[int, str] | None = None
     # An ancestor's limit binds us as well (the JVM reads it the same way), so take the smallest.
-    for level in (directory, *directory.parents):
+    level = directory
+    while True:
         limit = read_limit(version, level)
         if limit is not None and (best is None or limit < best[0]):
-            best = (limit, level / _LIMIT_FILE[version])
-        if level == mount_point:
+            best = (limit, os.path.join(level, _LIMIT_FILE[version]))
+        if level == mount_point or os.path.dirname(level) == level:
             break
+        level = os.path.dirname(level)
     if best is None:
         return MemoryLimit(None, "the cgroup says max", directory, version)
     return MemoryLimit(best[0], f"cgroup v{version} {best[1]}", directory, version)
@@ -101,16 +101,14 @@ def _parse_setting(name: str, value: str) -> int:
         raise ValueError(f"{name} {value!r}: {_SIZE_HINT}") from None
 
 
-def _own_cgroup(proc: Path) -> tuple[int, Path, Path] | None:
-    try:
-        self_cgroup = (proc / "self" / "cgroup").read_text()
-        mountinfo = (proc / "self" / "mountinfo").read_text()
-    except OSError:
+def _own_cgroup(proc: str | os.PathLike) -> tuple[int, str, str] | None:
+    self_cgroup, mountinfo = _read(os.path.join(proc, "self", "cgroup")), _read(os.path.join(proc, "self", "mountinfo"))
+    if self_cgroup is None or mountinfo is None:
         return None
     return _locate_cgroup(self_cgroup, mountinfo)
 
 
-def cgroup_memory_dir(self_cgroup: str, mountinfo: str) -> tuple[int, Path] | None:
+def cgroup_memory_dir(self_cgroup: str, mountinfo: str) -> tuple[int, str] | None:
     """(cgroup version, directory of our memory cgroup) from /proc/self/cgroup and mountinfo texts.
 
     v1 is preferred when both exist: hybrid machines enforce memory limits through v1.
@@ -119,7 +117,7 @@ def cgroup_memory_dir(self_cgroup: str, mountinfo: str) -> tuple[int, Path] | No
     return (found[0], found[1]) if found else None
 
 
-def _locate_cgroup(self_cgroup: str, mountinfo: str) -> tuple[int, Path, Path] | None:
+def _locate_cgroup(self_cgroup: str, mountinfo: str) -> tuple[int, str, str] | None:
     """Like cgroup_memory_dir, plus the mount point, where the walk up to parents must stop."""
     paths: dict[int, str] = {}
     for line in self_cgroup.splitlines():
@@ -152,14 +150,17 @@ def _locate_cgroup(self_cgroup: str, mountinfo: str) -> tuple[int, Path, Path] |
     return None
 
 
-def _join(path: str, mounts: list[tuple[str, str]]) -> tuple[Path, Path]:
-    """Our cgroup's directory under the mount that shows it, and that mount point."""
-    cgroup = PurePosixPath(path)
+def _join(path: str, mounts: list[tuple[str, str]]) -> tuple[str, str]:
+    """Our cgroup's directory under the mount that shows it, and that mount point (os.path, not
+    pathlib: pathlib would cost PID 1 half a megabyte for the rest of its life)."""
     for root, mount_point in mounts:
         # ".." appears when our cgroup lies outside a cgroup namespace's root: not under any mount.
-        if ".." not in cgroup.parts and cgroup.is_relative_to(root):
-            return Path(mount_point, cgroup.relative_to(root)), Path(mount_point)
-    return Path(mounts[0][1]), Path(mounts[0][1])
+        if ".." in path.split("/"):
+            continue
+        inside = os.path.relpath(path, root)
+        if inside == "." or not inside.startswith(".."):
+            return os.path.normpath(os.path.join(mount_point, inside)), mount_point
+    return mounts[0][1], mounts[0][1]
 
 
 def _unescape(field: str) -> str:
@@ -167,24 +168,24 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def read_limit(version: int, directory: Path) -> int | None:
+def read_limit(version: int, directory: str | os.PathLike) -> int | None:
     """The cgroup's own memory limit in bytes; None when it has none or cannot be read."""
-    text = _read(directory / _LIMIT_FILE[version])
+    text = _read(os.path.join(directory, _LIMIT_FILE[version]))
     if text is None or not text.isdigit():
         return None
     value = int(text)
     return value if value < _UNLIMITED else None
 
 
-def read_usage(version: int, directory: Path) -> int | None:
+def read_usage(version: int, directory: str | os.PathLike) -> int | None:
     """Bytes the cgroup is charged for (page cache included, as the OOM killer counts it)."""
-    text = _read(directory / _USAGE_FILE[version])
+    text = _read(os.path.join(directory, _USAGE_FILE[version]))
     return int(text) if text is not None and text.isdigit() else None
 
 
-def read_oom_kills(version: int, directory: Path) -> int:
+def read_oom_kills(version: int, directory: str | os.PathLike) -> int:
     """How many processes the kernel's OOM killer has killed in the cgroup (0 if not reported)."""
-    text = _read(directory / _EVENTS_FILE[version]) or ""
+    text = _read(os.path.join(directory, _EVENTS_FILE[version])) or ""
     for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key == "oom_kill" and value.strip().isdigit():
@@ -192,35 +193,72 @@ def read_oom_kills(version: int, directory: Path) -> int:
     return 0
 
 
-def _read(file: Path) -> str | None:
+def _read(file: str) -> str | None:
     try:
-        return file.read_text().strip()
-    except OSError:
+        with open(file) as opened:
+            return opened.read().strip()
+    except (OSError, UnicodeDecodeError):
         return None
 
 
-def read_pss(pid: int, proc: Path = Path("/proc")) -> int | None:
-    """Proportional set size in bytes: shared pages count divided among the processes sharing them.
+class Footprint(NamedTuple):
+    """A process's memory in bytes: its proportional share (PSS), what it alone holds, all it holds."""
 
-    smaps_rollup (Linux 4.14+) is one cheap read; older kernels need the per-mapping smaps summed.
-    """
-    try:
-        try:
-            text = (proc / str(pid) / "smaps_rollup").read_text()
-        except FileNotFoundError:
-            text = (proc / str(pid) / "smaps").read_text()
-    except OSError:
+    pss: int  # shared pages count divided among the processes sharing them
+    private: int  # pages no other process shares (USS): what one more such process costs
+    rss: int = 0  # every page it has resident, shared or not
+
+    def __add__(self, other: tuple) -> Footprint:  # type: ignore[override]
+        return Footprint(self.pss + other[0], self.private + other[1], self.rss + other[2])
+
+
+def read_footprint(pid: int, proc: str | os.PathLike = "/proc") -> Footprint | None:
+    """PSS, private and resident bytes from smaps_rollup (Linux 4.14+, one cheap read), else smaps summed."""
+    text = _read(os.path.join(proc, str(pid), "smaps_rollup")) or _read(os.path.join(proc, str(pid), "smaps"))
+    if text is None:
         return None
-    kib = [int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:")]
-    return sum(kib) * 1024 if kib else None
-
-
-def tree_pss(pid: int, index: Mapping[int, Sequence[int]], proc: Path = Path("/proc")) -> int | None:
-    """PSS of pid and all its descendants (an RQ work-horse is a child of its worker)."""
-    total = read_pss(pid, proc)
-    if total is None:
+    kib = {"Pss:": 0, "Private_Clean:": 0, "Private_Dirty:": 0, "Rss:": 0}
+    found = False
+    for line in text.splitlines():
+        key, _, rest = line.partition(" ")
+        if key in kib:
+            kib[key] += int(rest.split()[0])
+            found = found or key == "Pss:"
+    if not found:
         return None
-    return total + sum(read_pss(child, proc) or 0 for child in below(pid, index))
+    return Footprint(kib["Pss:"] * 1024, (kib["Private_Clean:"] + kib["Private_Dirty:"]) * 1024, kib["Rss:"] * 1024)
+
+
+def read_pss(pid: int, proc: str | os.PathLike = "/proc") -> int | None:
+    """Proportional set size in bytes: shared pages count divided among the processes sharing them."""
+    found = read_footprint(pid, proc)
+    return None if found is None else found.pss
+
+
+class Tree(NamedTuple):
+    """A process's own footprint and its descendants' (an RQ work-horse is a child of its worker)."""
+
+    own: Footprint
+    below: Footprint
+
+    @property
+    def pss(self) -> int:
+        return self.own.pss + self.below.pss
+
+    @property
+    def private(self) -> int:
+        return self.own.private + self.below.private
+
+
+def tree_footprint(pid: int, index: Mapping[int, Sequence[int]], proc: str | os.PathLike = "/proc") -> Tree | None:
+    """The footprint of pid and, apart, of all its descendants; None when pid is gone."""
+    own = read_footprint(pid, proc)
+    if own is None:
+        return None
+    below_it = Footprint(0, 0)
+    for child in below(pid, index):
+        below_it += read_footprint(child, proc) or Footprint(0, 0)
+    return Tree(own, below_it)
 
 
 def auto_worker_count(

@@ -31,12 +31,15 @@ environment:
                      the pool's config file when --config is not given
   WORKER_CONCURRENCY, WORKER_COMMAND, QUEUES
                      a one-group pool when there is no config file
+  WORKER_PRELOAD     --preload, comma-separated
   APP_ENV, RACK_ENV, RAILS_ENV, RESQUE_ENV
                      the config file's environment section (first one set wins)
   MEMORY_LIMIT       --memory-limit
   POOL_SOCKET        --socket
   EXIT_ON_CRASH_LOOP 1/0: --exit-on-crash-loop
-  REDIS_URL          where the default RQ workers find Redis
+  METRICS_PORT       --metrics-port
+  REDIS_URL          where the default RQ workers find Redis, the pool publishes its
+                     fleet entry and --fleet reads every pool's
 
 exit status:
   COMMAND's own status, 128+N when signal N killed it (0 for codes given to -e)
@@ -44,7 +47,7 @@ exit status:
   0 the pool stopped in time      1 workers had to be KILLed at the term timeout
   2 bad option, variable or config file
   3 a worker group crash-looped and --exit-on-crash-loop is on
-  4 --status/--health/--scale/--reload found no running pool
+  4 --status/--health/--scale/--reload found no running pool; --fleet could not reach Redis
   --health: 0 healthy, 1 a group is crash-looping or memory is over the guard (one line says which)"""
 
 
@@ -58,7 +61,9 @@ DEFAULTS: dict[str, object] = {
     "term_timeout": None, "term_delay": None, "term_sent_to_all": None,
     "process_group": False, "rewrite": [], "remap_exit": [],
     "config": None, "check": False, "exit_on_crash_loop": None, "memory_limit": None, "prefix": None,
+    "preload": None, "metrics_port": None,
     "socket": None, "status": False, "json": False, "health": False, "scale": None, "reload": False,
+    "fleet": False,
     "verbose": 0,
 }
 
@@ -99,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="entrypoint",
         usage="entrypoint [OPTIONS] [--] COMMAND [ARG...]\n"
         "       entrypoint [OPTIONS]                      (the worker pool)\n"
-        "       entrypoint --check | --status [--json] | --health | --scale GROUP=N | --reload",
+        "       entrypoint --check | --status [--json] | --health | --scale GROUP=N | --reload\n"
+        "       entrypoint --fleet [--json]",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=HelpFormatter,
@@ -130,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("-c", "--config", metavar="FILE",
                       help="pool config file (default: $POOL_CONFIG, $RESQUE_POOL_CONFIG, "
                       "pool.yml, config/resque-pool.yml, resque-pool.yml)")
+    pool.add_argument("--preload", metavar="MODULE", action="append", type=_module_name,
+                      help="import MODULE once in a template process and fork the default RQ "
+                      "workers from it (repeatable; default: $WORKER_PRELOAD, pool.preload)")
     pool.add_argument("--check", action="store_true",
                       help="print the resolved pool, or every problem in the config, and exit")
     pool.add_argument("--exit-on-crash-loop", action="store_true",
@@ -141,22 +150,38 @@ def build_parser() -> argparse.ArgumentParser:
                       help="prefix each line of worker output with group.slot")
     pool.add_argument("--socket", metavar="PATH",
                       help="the control socket (default /tmp/entrypoint-UID/pool.sock)")
+    pool.add_argument("--metrics-port", metavar="PORT",
+                      help="serve Prometheus metrics over HTTP on this port (default: off)")
     control = parser.add_argument_group("steering a running pool")
     control.add_argument("--status", action="store_true",
                          help="show every worker: group, slot, pid, state, uptime, restarts")
-    control.add_argument("--json", action="store_true", help="with --status: print JSON")
+    control.add_argument("--json", action="store_true", help="with --status or --fleet: print JSON")
     control.add_argument("--health", action="store_true",
                          help="exit 0 if the pool is healthy, 1 with a line saying which group or "
                          "limit is wrong (for HEALTHCHECK and probes)")
     control.add_argument("--scale", metavar="GROUP=N", help="set a group's worker count")
     control.add_argument("--reload", action="store_true",
                          help="reload the config file (as SIGHUP does)")
+    control.add_argument("--fleet", action="store_true",
+                         help="every pool that publishes to $REDIS_URL (every dyno of the app)")
     parser.add_argument("-v", "--verbose", action="count",
                         help="more detail: -v lifecycle, -vv every reap and forward")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
                         help="the program to run as our child")
     return parser
+
+
+def _module_name(text: str) -> str:
+    from entrypoint.configvalues import modules
+
+    try:
+        (name,) = modules(text)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected a module name such as myapp.jobs, got {text!r}") from None
+    return name
 
 
 def _exit_code(text: str) -> int:

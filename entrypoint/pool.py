@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import NamedTuple
 
+from entrypoint import memory
 from entrypoint.poolconfig import Group, PoolConfig
 
 # This many quick exits in a row make a group "crash-looping": reported once, loudly.
@@ -39,7 +40,8 @@ class Backoff(NamedTuple):
 class Worker:
     """One process we started, and what we asked of it."""
 
-    __slots__ = ("group", "kill_at", "peak_pss", "pid", "pss", "samples", "slot", "spec", "started", "stop_sent")
+    __slots__ = ("busy", "group", "growing", "idle_since", "kill_at", "peak_children", "peak_private", "peak_pss",
+                 "pid", "private", "pss", "samples", "slot", "spec", "started", "stop_sent")
 
     def __init__(self, group: str, slot: int, pid: int, spec: Group, started: float, *,
                  stop_sent: float | None = None, kill_at: float | None = None) -> None:
@@ -52,7 +54,13 @@ class Worker:
         self.kill_at = kill_at  # when it gets KILL if still alive
         self.pss: int | None = None  # bytes at the last sample, its own children included
         self.peak_pss = 0  # the most it has used: job peaks count when planning
+        self.private = 0  # of pss, the bytes it shares with no other process (its children included)
+        self.peak_private = 0  # the most it held alone itself
+        self.peak_children = 0  # the most its children held alone
+        self.growing = False  # its last sample raised its peak: not settled yet
         self.samples = 0
+        self.busy: bool | None = None  # has a job in hand (None: cannot tell, or not sampled yet)
+        self.idle_since: float | None = None  # when it last finished a job (or started), while idle
 
     def __repr__(self) -> str:
         return f"Worker({self.name} pid {self.pid})"
@@ -85,6 +93,42 @@ class Stop(NamedTuple):
     reason: str
 
 
+def desired_counts(config: PoolConfig, limit: int | None, cpus: int) -> dict[str, tuple[Group, int]]:
+    """Group -> (definition, how many). An `auto` group starts at its minimum and grows as
+    memory allows; with no memory limit known it gets the CPU-based count instead."""
+    counts = {}
+    for group in config.groups:
+        if group.elastic:
+            counts[group.name] = (group, group.min_count)  # the backlog decides the rest
+        elif not group.auto:
+            counts[group.name] = (group, group.count or 0)
+        elif limit is None:
+            wanted = memory.cpu_worker_count(cpus)
+            counts[group.name] = (group, max(group.min_count, min(group.max_count, wanted)))
+        else:
+            counts[group.name] = (group, group.min_count)
+    return counts
+
+
+def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str, term_timeout: float) -> dict[str, str]:
+    """The worker's environment: ours, the group's, then who it is and how long a stop gives it."""
+    env = dict(base)
+    env.update(spec.env)
+    env.update(
+        QUEUES=",".join(spec.queues),
+        POOL_GROUP=spec.name,
+        POOL_SLOT=str(slot),
+        POOL_WORKER=f"{spec.name}.{slot}",
+        POOL_ID=pool_id,
+        # The grace a stop gives this worker before KILL: a worker that knows it can hand its
+        # job back in time instead of being killed mid-job.
+        POOL_TERM_TIMEOUT=f"{term_timeout:g}",
+        # For our RQ worker: 0 keeps RQ's own way with a job still running at the deadline.
+        POOL_REQUEUE_ON_SHUTDOWN="1" if spec.requeue_on_shutdown else "0",
+    )
+    return env
+
+
 def same_definition(a: Group, b: Group) -> bool:
     """Whether a running worker still matches its group: everything but the count matters."""
     ignore = {"count": 0, "min_count": 0, "max_count": 0}
@@ -96,14 +140,16 @@ def plan(
     workers: Iterable[Worker],
     history: Mapping[SlotKey, SlotHistory],
     now: float,
+    starting: Collection[SlotKey] = (),
 ) -> list[Start | Stop]:
     """What to do now to move from `workers` towards `desired` (group -> (definition, count)).
 
     A slot holds one worker at a time: after a reload the new worker starts when the old one
     has exited, so a changed group is replaced one worker at a time and never runs twice over.
+    `starting` slots have a worker on its way (a fork the template has not answered yet).
     """
     actions: list[Start | Stop] = []
-    occupied = set()
+    occupied = set(starting)
     for worker in workers:
         occupied.add(worker.key)
         if worker.stop_sent is not None:
@@ -182,6 +228,19 @@ def next_wakeup(
     return min(moments, default=None)
 
 
+def keeping_learnt_counts(old: Mapping[str, tuple[Group, int]],
+                          new: Mapping[str, tuple[Group, int]]) -> dict[str, tuple[Group, int]]:
+    """The counts after a reload: an `auto` group that is still the same keeps what it has learnt,
+    within its new bounds (new code, a new template, does not reset it)."""
+    kept = dict(new)
+    for name, (spec, _count) in new.items():
+        before = old.get(name)
+        if spec.auto and before and before[0].auto and same_definition(
+                before[0]._replace(template=spec.template), spec):
+            kept[name] = (spec, max(spec.min_count, min(spec.max_count, before[1])))
+    return kept
+
+
 def reload_diff(old: Mapping[str, tuple[Group, int]], new: Mapping[str, tuple[Group, int]]) -> list[str]:
     """One phrase per change, for the reload's log line."""
     changes = []
@@ -190,7 +249,10 @@ def reload_diff(old: Mapping[str, tuple[Group, int]], new: Mapping[str, tuple[Gr
             changes.append(f"+{name} ({count})")
             continue
         old_spec, old_count = old[name]
-        if not same_definition(old_spec, spec):
+        if old_spec.template != spec.template and same_definition(
+                old_spec._replace(template=spec.template), spec):
+            changes.append(f"~{name} (new code: forked from template {spec.template}, replacing {old_count}->{count})")
+        elif not same_definition(old_spec, spec):
             changes.append(f"~{name} (definition changed, replacing {old_count}->{count})")
         elif old_count != count:
             changes.append(f"{name} {old_count}->{count}")

@@ -12,6 +12,7 @@ from entrypoint.text import one_line
 # ast and dis with it (1.3 MB of a manager that must stay under 15 MB).
 
 MAX_COUNT = 1000  # the documented cap on workers in one group
+ELASTIC_AUTO = 0  # pool.elastic: auto
 # Longer than any platform waits before SIGKILL, and small enough that no timer overflows.
 MAX_SECONDS = 7 * 24 * 3600.0
 
@@ -43,7 +44,7 @@ class ConfigError(Exception):
 
 
 class Group(NamedTuple):
-    """Workers that serve the same queues with the same command."""
+    """Workers that serve the same queues with the same command (or callable)."""
 
     name: str
     queues: tuple[str, ...]
@@ -55,10 +56,16 @@ class Group(NamedTuple):
     stop_signal: int = int(signal.SIGTERM)
     term_timeout: float | None = None
     max_memory: int | None = None
+    call: str | None = None  # `module:function` run in a forked worker instead of a command
+    forked: bool = False  # forked from the preload template rather than exec'd
+    template: int = 0  # the template that forks this group's workers (the pool sets it)
+    elastic: bool = False  # count: elastic: min..max of the pool's shared workers, following the backlog
+    requeue_on_shutdown: bool = True  # the default RQ worker requeues a job a shutdown interrupts
 
     @property
     def auto(self) -> bool:
-        return self.count is None
+        """count: auto: as many as memory allows, within min..max."""
+        return self.count is None and not self.elastic
 
 
 class PoolConfig(NamedTuple):
@@ -77,6 +84,12 @@ class PoolConfig(NamedTuple):
     memory_headroom: float = 0.85
     memory_limit: int | None = None
     memory_interval: float = 2.0  # seconds between two measurements of every worker's memory
+    preload: tuple[str, ...] = ()  # modules the template imports once for every forked worker
+    after_fork: str | None = None  # `module:function` called in each forked worker before its work
+    elastic: int | None = None  # workers the elastic groups share; ELASTIC_AUTO: what memory allows
+    grow_after: float = 3.0  # seconds a backlog lasts before its elastic group grows
+    shrink_after: float = 30.0  # seconds a worker is idle before its elastic slot can go
+    fleet: bool = True  # publish the pool's status to $REDIS_URL for `entrypoint --fleet`
 
     def to_plain(self) -> dict[str, Any]:
         """Built-in types only (marshal's), to cross a pipe from the process that read the file."""

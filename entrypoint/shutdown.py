@@ -18,6 +18,16 @@ class StopPolicy(NamedTuple):
     term_timeout: float  # from the first TERM/INT until everything left gets KILL
     term_delay: float = 0.0  # wait this long before passing TERM on (drain time), inside the timeout
     term_sent_to_all: bool = False  # the platform TERMs every process itself (Heroku): never repeat it
+    timeout_given: bool = False  # term_timeout came from --term-timeout or TERM_TIMEOUT, not a default
+
+    def grace(self, own: float | None = None, pool_file: float | None = None) -> float:
+        """A pool worker's grace: its group's own term_timeout; else --term-timeout/TERM_TIMEOUT;
+        else the file's pool.term_timeout; else the default."""
+        if own is not None:
+            return own
+        if pool_file is not None and not self.timeout_given:
+            return pool_file
+        return self.term_timeout
 
 
 def on_heroku(env: Mapping[str, str]) -> bool:

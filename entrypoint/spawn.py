@@ -1,4 +1,4 @@
-"""Spawning a child: fork, give it clean signals, descriptors and its own process group, then exec or call."""
+"""Spawning a child: give it clean signals, descriptors and its own process group, then exec its command."""
 
 from __future__ import annotations
 
@@ -6,21 +6,18 @@ import contextlib
 import errno
 import os
 import signal
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from entrypoint.signals import restore_defaults
-
-# What a child runs: a command line to exec, or (for workers forked from a preloaded app)
-# a Python callable whose return value is the exit status.
-Target = Sequence[str] | Callable[[], int]
 
 # Every signal a child may have to reset: Python ignores PIPE and XFSZ, and exec keeps that.
 _DEFAULT_ON_EXEC = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 NOT_FOUND = 127
 NOT_EXECUTABLE = 126
+# A channel handed to a child (the preload template's) arrives as this descriptor.
+CHANNEL_FD = 3
 
 
 class SpawnError(Exception):
@@ -65,43 +62,53 @@ def controlling_terminal() -> int | None:
 
 
 def spawn(
-    target: Target,
+    argv: Sequence[str],
     env: Mapping[str, str] | None = None,
     *,
     terminal: int | None = None,
     output: int | None = None,
+    channel: int | None = None,
 ) -> Child:
-    """Start `target` in a new process group; raise SpawnError when the command cannot be exec'd.
+    """Start `argv` in a new process group; raise SpawnError when the command cannot be exec'd.
 
-    A pipe closed on exec tells us whether exec worked, so "not found" is known at once
-    instead of being guessed later from an exit status of 127. `output`, when given, becomes
-    the child's stdout and stderr (the pool's per-line prefixing).
+    `output`, when given, becomes the child's stdout and stderr (the pool's per-line
+    prefixing); `channel` becomes its descriptor CHANNEL_FD (the preload template's link to us).
     """
-    if terminal is None and not callable(target):
-        return _posix_spawn(target, env, output)
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        raise
+    if terminal is None:
+        return _posix_spawn(argv, env, output, channel)
+    # The fork path, for a terminal: a pipe closed on exec tells us whether exec worked, so
+    # "not found" is known at once instead of being guessed later from an exit status of 127.
+    pid, read_end, write_end = fork_with_pipe()
     if pid == 0:
-        _become(target, env, terminal, output, write_end)
+        _become(argv, env, terminal, write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as report:
         failure = report.read()
     if failure:
         os.waitpid(pid, 0)  # ours alone: it exited at once and nobody else waits for it
-        command = target[0] if isinstance(target, Sequence) else repr(target)
-        raise SpawnError(command, int(failure))
+        raise SpawnError(argv[0], int(failure))
     return Child(pid)
 
 
-def _posix_spawn(argv: Sequence[str], env: Mapping[str, str] | None, output: int | None) -> Child:
-    """The fast way for a plain command (every pool worker): no copy of our memory, and exec
-    errors come back at once. Our descriptors above 2 are all close-on-exec."""
+def fork_with_pipe() -> tuple[int, int, int]:
+    """fork() with a close-on-exec pipe made just before: (pid, read end, write end). When fork
+    fails, both ends are closed: a retry must not leak two descriptors each time."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        return os.fork(), read_end, write_end
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
+
+
+def _posix_spawn(argv: Sequence[str], env: Mapping[str, str] | None, output: int | None,
+                 channel: int | None) -> Child:
+    """The fast way (every pool worker): no copy of our memory, and exec errors come back at
+    once. Our descriptors above 2 are all close-on-exec; a dup2'd one is not."""
     redirect = [(os.POSIX_SPAWN_DUP2, output, 1), (os.POSIX_SPAWN_DUP2, output, 2)] if output is not None else []
+    if channel is not None:
+        redirect.append((os.POSIX_SPAWN_DUP2, channel, CHANNEL_FD))
     try:
         pid = os.posix_spawnp(
             argv[0], list(argv), os.environ if env is None else dict(env),
@@ -122,30 +129,18 @@ def _take_terminal(terminal: int) -> None:
         os.tcsetpgrp(terminal, os.getpid())
 
 
-def _become(
-    target: Target, env: Mapping[str, str] | None, terminal: int | None, output: int | None, report: int
-) -> None:
+def _become(argv: Sequence[str], env: Mapping[str, str] | None, terminal: int, report: int) -> None:
     """In the child: never returns; any failure becomes exit status 126/127 and a report."""
     try:
         os.setpgid(0, 0)
-        if terminal is not None:
-            _take_terminal(terminal)
-        if output is not None:
-            os.dup2(output, 1)
-            os.dup2(output, 2)
+        _take_terminal(terminal)
         os.closerange(3, report)
         os.closerange(report + 1, 65536)
         restore_defaults()
-        if callable(target):
-            os.close(report)
-            code = target()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code if isinstance(code, int) else 0)
         if env is None:
-            os.execvp(target[0], list(target))
+            os.execvp(argv[0], list(argv))
         else:
-            os.execvpe(target[0], list(target), dict(env))
+            os.execvpe(argv[0], list(argv), dict(env))
     except OSError as error:
         os.write(report, str(error.errno or errno.EACCES).encode())
         os._exit(NOT_FOUND if error.errno == errno.ENOENT else NOT_EXECUTABLE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import select
 import signal
 import socket
@@ -11,12 +10,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from entrypoint import memory, pool, reaper
+from entrypoint import elastic, memory, monitoring, pool, preload, reaper, report, steering
 from entrypoint.console import Log, PrefixedOutput
 from entrypoint.control import ControlServer
-from entrypoint.health import first_problem, looping_slots, memory_problem
+from entrypoint.health import memory_problem
 from entrypoint.init import prepare_process
-from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker
+from entrypoint.memory_policy import MemoryWatch, Recycle, Resize
+from entrypoint.pool import Backoff, SlotHistory, Start, Stop, Worker, desired_counts, worker_env
 from entrypoint.poolconfig import ConfigError, Group, PoolConfig
 from entrypoint.shutdown import KILL_RETRY_SECONDS, STOP_SIGNALS, StopPolicy
 from entrypoint.signals import Received, child_changed, signal_name
@@ -24,57 +24,27 @@ from entrypoint.spawn import SpawnError, spawn
 
 EXIT_OK = 0
 EXIT_KILLED_AT_DEADLINE = 1
+EXIT_CONFIG = 2  # the app to preload cannot be imported
 EXIT_CRASH_LOOP = 3
 
 PASSED_TO_WORKERS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT})
 # With TERM sent to every process by the platform, a worker's replacement waits this long.
 PLATFORM_TERM_SETTLE = 1.0
-# Memory is sampled every pool.memory_interval while ceilings, `auto` or the pool guard need
-# fresh numbers, else only for the periodic summary line.
-SUMMARY_SECONDS = 60.0
-# A worker's footprint counts for `auto` once it has been sampled this many times.
-WARM_SAMPLES = 3
+
+
+def jitter() -> float:
+    """A number in [0, 1) to spread backoffs apart: from the kernel, not the random module, which
+    PID 1 would carry for the rest of its life for this one use."""
+    return int.from_bytes(os.urandom(4), "big") / 2**32
 
 
 class PoolOptions(NamedTuple):
     stop: StopPolicy  # from flags and env; a group's own term_timeout wins for its workers
-    stop_from_flags: bool  # --term-timeout/TERM_TIMEOUT given: the file's global value yields
     socket_path: str | None
     exit_on_crash_loop: bool
     memory: memory.MemoryLimit
     prefix_output: bool = False
-
-
-def desired_counts(config: PoolConfig, limit: int | None, cpus: int) -> dict[str, tuple[Group, int]]:
-    """Group -> (definition, how many). An `auto` group starts at its minimum and grows as
-    memory allows; with no memory limit known it gets the CPU-based count instead."""
-    counts = {}
-    for group in config.groups:
-        if not group.auto:
-            counts[group.name] = (group, group.count or 0)
-        elif limit is None:
-            wanted = memory.cpu_worker_count(cpus)
-            counts[group.name] = (group, max(group.min_count, min(group.max_count, wanted)))
-        else:
-            counts[group.name] = (group, group.min_count)
-    return counts
-
-
-def worker_env(base: Mapping[str, str], spec: Group, slot: int, pool_id: str, term_timeout: float) -> dict[str, str]:
-    """The worker's environment: ours, the group's, then who it is and how long a stop gives it."""
-    env = dict(base)
-    env.update(spec.env)
-    env.update(
-        QUEUES=",".join(spec.queues),
-        POOL_GROUP=spec.name,
-        POOL_SLOT=str(slot),
-        POOL_WORKER=f"{spec.name}.{slot}",
-        POOL_ID=pool_id,
-        # The grace a stop gives this worker before KILL: a worker that knows it can hand its
-        # job back in time instead of being killed mid-job.
-        POOL_TERM_TIMEOUT=f"{term_timeout:g}",
-    )
-    return env
+    metrics_port: int | None = None
 
 
 class Supervisor:
@@ -94,12 +64,15 @@ class Supervisor:
         self.pool_id = f"{env.get('DYNO') or socket.gethostname()}:{os.getpid()}"
         self.backoff = Backoff.from_config(config)
         self.limit = options.memory
+        self.memory = MemoryWatch(self.limit, time.monotonic())
+        self.templates = preload.Templates(env, log, self.backoff)
+        self.work = elastic.WorkWatch()
         self.desired = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
         self.output = PrefixedOutput() if options.prefix_output or config.prefix_output else None
-        self.next_sample = 0.0
-        self.next_summary = time.monotonic() + SUMMARY_SECONDS
-        self.manager_pss = 0
-        self.oom_kills_at_start = self.read_oom_kills()
+        self.monitoring = monitoring.Monitoring(env, log, self.backoff, self.output)
+        self.control_path: str | None = None  # the control socket, once it listens
+        self.started_at = time.time()
+        self.exits: dict[str, dict[str, int]] = {}  # group -> report.exit_reason -> count
         self.workers: dict[int, Worker] = {}
         self.history: dict[pool.SlotKey, SlotHistory] = {}
         self.reported_loops: set[str] = set()
@@ -113,30 +86,43 @@ class Supervisor:
         self.exit_status = EXIT_OK
         self.last_spawn = float("-inf")
         self.start_deferred = False
-        self.random = random.Random()
 
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
         inbox = prepare_process(self.log)
         control = self._open_control()
-        self.log_startup()
-        sources: list = [inbox] + ([control] if control else [])
+        self.control_path = control.path if control else None
+        for line in report.startup_lines(self.pool_id, self.config, self.desired, self.term_timeout(),
+                                         self.options.stop.term_sent_to_all, self.limit):
+            self.log.info(line)
+        self.configure_monitor()
+        setup = preload.setup_for(self.config, self.env)
+        if setup is not None:
+            self.templates.preloading = True
+            self.start_template(setup, candidate=False)
         while True:
             now = time.monotonic()
             self.check_memory(now)
+            self.follow_the_work(now)
             self.step(now)
             if self.stopping and self.all_gone(now):
                 break
             timeout = self.seconds_to_next_wakeup(now)
-            pipes = self.output.fds() if self.output else []
-            ready, _, _ = select.select(sources + pipes, [], [], timeout)
+            sources: list = [inbox, *([control] if control else []), *self.templates.listening(),
+                             *self.monitoring.listening(), *(self.output.fds() if self.output else [])]
+            ready, _, _ = select.select(sources, [], [], timeout)
             signals = inbox.read() if inbox in ready else []
             for received in signals:
                 self.on_signal(received)
-            for fd in ready:
-                if isinstance(fd, int) and self.output is not None:
-                    self.output.drain(fd)
+            for source in ready:
+                if isinstance(source, int) and self.output is not None:
+                    self.output.drain(source)
+                elif isinstance(source, preload.Template):
+                    for event in self.templates.read(source, time.monotonic()):
+                        self.on_template_event(event)
+                elif isinstance(source, monitoring.Monitor):
+                    self.on_monitor_messages(source)
             if child_changed(signals):
                 self.on_children_exited(reaper.reap())
             if control is not None and control in ready:
@@ -146,6 +132,8 @@ class Supervisor:
                 self.output.drain(fd)
         if control is not None:
             control.close()
+        self.templates.close()
+        self.monitoring.close()
         inbox.close()
         self.log_shutdown()
         return self.exit_status
@@ -160,14 +148,23 @@ class Supervisor:
             return None
 
     def effective_desired(self) -> dict[str, tuple[Group, int]]:
-        return {} if self.paused or self.stopping else self.desired
+        return {} if self.paused or self.stopping or self.templates.preloading else self.desired
 
     def step(self, now: float) -> None:
         """Carry out what pool.plan decides, then KILL whoever outstayed its grace."""
         self.start_deferred = False
-        for action in pool.plan(self.effective_desired(), self.workers.values(), self.history, now):
+        self.monitoring.kill_overdue(now)
+        if self.templates.due_restart(now) and not self.stopping:
+            self.start_template(self.templates.setup, candidate=False)
+        if self.monitoring.due_restart(now) and not self.stopping:
+            self.monitoring.start(now)
+        self.templates.kill_hung(now)
+        starting = self.templates.starting()
+        for action in pool.plan(self.effective_desired(), self.workers.values(), self.history, now, starting):
             if isinstance(action, Stop):
                 self.stop_worker(action.worker, now, action.reason)
+            elif action.spec.forked and not self.templates.ready():
+                continue  # the template's Ready brings us back here
             elif now - self.last_spawn >= self.config.spawn_delay:
                 self.start_worker(action, now)
             else:
@@ -178,8 +175,11 @@ class Supervisor:
     def seconds_to_next_wakeup(self, now: float) -> float | None:
         moments = [
             pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now),
+            self.templates.next_wakeup(restarting=not self.stopping),
+            self.monitoring.next_wakeup(),
             self.leftovers_deadline,
-            self.next_sample,
+            self.memory.next_sample,
+            self.work.next_wakeup(now, self.config, self.desired),
             self.last_spawn + self.config.spawn_delay if self.start_deferred else None,
         ]
         pending = [m for m in moments if m is not None]
@@ -187,110 +187,139 @@ class Supervisor:
 
     # -- memory --------------------------------------------------------------------------------
 
-    def per_worker_rules(self) -> bool:
-        """Whether some group sizes itself by memory or has a ceiling: then every sample counts."""
-        return any(g.auto or g.max_memory for g, _ in self.desired.values())
-
-    def memory_watched(self) -> bool:
-        return self.limit.bytes is not None or self.per_worker_rules()
-
-    def worth_measuring(self, now: float) -> bool:
-        """Per-worker PSS costs a /proc walk: skip it while one cgroup read shows plenty of room."""
-        if now >= self.next_summary or self.per_worker_rules():
-            return True
-        if self.limit.bytes is None or self.limit.cgroup_dir is None or self.limit.cgroup_version is None:
-            return self.limit.bytes is not None
-        usage = memory.read_usage(self.limit.cgroup_version, self.limit.cgroup_dir)
-        return usage is None or usage >= self.config.memory_headroom * self.limit.bytes
-
     def check_memory(self, now: float) -> None:
-        """Measure every worker (PSS, its children included), then apply ceilings, guard and auto."""
-        if now < self.next_sample:
-            return
-        self.next_sample = now + (self.config.memory_interval if self.memory_watched() else SUMMARY_SECONDS)
-        if not self.worth_measuring(now):
-            return
-        self.measure()
-        if self.stopping:
-            return
-        self.recycle_over_ceiling(now)
-        self.guard_the_limit(now)
-        self.size_auto_groups()
-        if now >= self.next_summary:
-            self.next_summary = now + SUMMARY_SECONDS
-            self.log.info(self.memory_summary())
+        """Measure when due, then carry out the memory policy: recycle, resize, summarize."""
+        decisions = self.memory.check(now, self.config, self.desired, self.workers.values(), self.helper_pids(),
+                                      self.stopping)
+        for decision in decisions:
+            if isinstance(decision, Recycle):
+                if decision.worker.stop_sent is None:
+                    self.stop_worker(decision.worker, now, decision.reason)
+            elif isinstance(decision, Resize):
+                spec, _count = self.desired[decision.group]
+                self.desired[decision.group] = (spec, decision.count)
+                self.log.info(decision.reason)
+            else:
+                backlog = monitoring.summary(self.monitoring.readings, now)
+                self.log.info(f"{decision}; {backlog}" if backlog else decision)
+                work = report.work_line(steering.group_entries(self.view(now)))
+                if work is not None:
+                    self.log.info(work)
 
-    def measure(self) -> None:
-        """PSS of every worker with its children (one walk over /proc), and of the manager."""
-        index = reaper.children_index(reaper.process_table())
-        for worker in self.workers.values():
-            worker.pss = memory.tree_pss(worker.pid, index)
-            if worker.pss is not None:
-                worker.peak_pss = max(worker.peak_pss, worker.pss)
-                worker.samples += 1
-        self.manager_pss = memory.read_pss(os.getpid()) or 0
+    # -- busy, idle, elastic ---------------------------------------------------------------------
 
-    def total_pss(self) -> int:
-        return self.manager_pss + sum(w.pss or 0 for w in self.workers.values())
+    def follow_the_work(self, now: float) -> None:
+        """Sample which workers are busy each second; move elastic slots to the groups whose
+        backlog lasts: each second, as a new reading comes, and the moment a backlog has lasted."""
+        steady = not (self.stopping or self.paused or self.templates.preloading)
+        for move in self.work.follow(now, self.config, self.desired, self.workers.values(),
+                                     monitoring.for_elastic(self.monitoring.readings, now), self.memory,
+                                     steady=steady):
+            spec, _count = self.desired[move.group]
+            self.desired[move.group] = (spec, move.count)
+            self.log.info(f"elastic: {move.reason}")
 
-    def recycle_over_ceiling(self, now: float) -> None:
-        for worker in list(self.workers.values()):
-            ceiling = worker.spec.max_memory
-            if ceiling and worker.stop_sent is None and (worker.pss or 0) > ceiling:
-                self.stop_worker(worker, now, f"uses {memory.format_bytes(worker.pss or 0)}, over its "
-                                 f"max_memory {memory.format_bytes(ceiling)}")
+    def helper_pids(self) -> dict[str, list[int]]:
+        """Our helper processes, whose memory is the pool's too: the preload templates and the monitor."""
+        return {"template": [t.pid for t in self.templates.alive()],
+                "monitor": [m.pid for m in self.monitoring.alive()]}
 
-    def guard_the_limit(self, now: float) -> None:
-        """Recycle the largest worker before the pool reaches the limit: never leave it to the OOM killer."""
-        if self.limit.bytes is None or any(w.stop_sent is not None for w in self.workers.values()):
-            return
-        usage = {pid: w.pss or 0 for pid, w in self.workers.items()}
-        guard = memory.guard_fraction(self.config.memory_headroom)
-        victim = memory.pick_for_pool_guard(usage, self.total_pss(), self.limit.bytes, guard)
-        if victim is not None:
-            worker = self.workers[victim]
-            self.stop_worker(worker, now, f"the pool uses {memory.format_bytes(self.total_pss())} of "
-                             f"{memory.format_bytes(self.limit.bytes)}: recycling the largest worker")
+    # -- the monitor ---------------------------------------------------------------------------
 
-    def size_auto_groups(self) -> None:
-        """`auto` groups: as many workers as fit under the limit with headroom, judged by warm workers' peaks."""
-        if self.limit.bytes is None:
-            return
-        for name, (spec, count) in list(self.desired.items()):
-            if not spec.auto:
-                continue
-            mine = [w for w in self.workers.values() if w.group == name and w.stop_sent is None]
-            if not mine or len(mine) < count or any(w.samples < WARM_SAMPLES for w in mine):
-                continue  # judge only once every worker of the group has been measured a few times
-            per_worker = memory.steady_per_worker([w.peak_pss for w in mine])
-            others = self.total_pss() - sum(w.pss or 0 for w in mine)
-            target = memory.auto_worker_count(self.limit.bytes, self.config.memory_headroom, others,
-                                              per_worker, spec.min_count, spec.max_count)
-            if target != count:
-                self.desired[name] = (spec, target)
-                self.log.info(
-                    f"auto: {name} {count}->{target} workers ({memory.format_bytes(per_worker)} per worker at "
-                    f"peak, {memory.format_bytes(others)} for the rest, limit "
-                    f"{memory.format_bytes(self.limit.bytes)} x {self.config.memory_headroom:g})"
-                )
+    def configure_monitor(self) -> None:
+        """Start, tell or retire the monitor for the config now in force."""
+        now = time.monotonic()
+        setup = monitoring.setup_for(self.config, self.env, self.pool_id, self.options.metrics_port,
+                                     self.control_path)
+        self.monitoring.configure(setup, now)
+        self.send_fleet_entry(now)
 
-    def memory_summary(self) -> str:
-        measured = [w for w in self.workers.values() if w.pss is not None]
-        line = f"memory: {len(measured)} worker(s) and manager use {memory.format_bytes(self.total_pss())}"
-        if self.limit.bytes:
-            line += f" of {memory.format_bytes(self.limit.bytes)} ({100 * self.total_pss() / self.limit.bytes:.0f}%)"
-        if measured:
-            largest = max(measured, key=lambda w: w.pss or 0)
-            line += f"; largest {largest.name} {memory.format_bytes(largest.pss or 0)}"
-        oom_kills = self.read_oom_kills() - self.oom_kills_at_start
-        if oom_kills:
-            line += f"; the kernel OOM-killed {oom_kills} process(es) in this container"
-        return line
+    def on_monitor_messages(self, monitor: monitoring.Monitor) -> None:
+        now = time.monotonic()
+        heard = self.monitoring.read(monitor, now)
+        for line in heard.warnings:
+            self.log.warning(line)
+        for line in heard.notes:
+            self.log.info(line)
+        if heard.ticked:
+            self.send_fleet_entry(now)
+            self.work.plan_at = now  # a new backlog reading
 
-    def read_oom_kills(self) -> int:
-        if self.limit.cgroup_dir is None or self.limit.cgroup_version is None:
-            return 0
-        return memory.read_oom_kills(self.limit.cgroup_version, self.limit.cgroup_dir)
+    def send_fleet_entry(self, now: float) -> None:
+        if self.monitoring.publishing():
+            self.monitoring.send({"fleet": steering.fleet_entry(
+                self.view(now), self.started_at, self.memory.total(self.workers.values()), self.limit.bytes)})
+
+    # -- preloaded workers ---------------------------------------------------------------------
+
+    def start_template(self, setup: preload.Setup | None, *, candidate: bool) -> bool:
+        """A template for the pool (or, candidate, for a reload); False when it cannot start."""
+        assert setup is not None
+        if candidate:
+            # An older reload's, still importing: the newest file wins, whether or not this starts.
+            self.templates.retire(self.templates.candidate)
+        output = self.output.open("template") if self.output else None
+        try:
+            template = self.templates.start(setup, time.monotonic(), output)
+        except (OSError, SpawnError) as error:
+            self.log.error(f"cannot start the preload template: {error}")
+            if candidate:
+                self.templates.pending = None
+            else:
+                self.templates.history = pool.after_spawn_failure(
+                    self.templates.history, time.monotonic(), self.backoff, str(error), hopeless=False)
+            return False
+        finally:
+            if output is not None:
+                os.close(output)
+        if candidate:
+            self.templates.candidate = template
+        else:
+            self.templates.current = template
+            self.templates.setup = setup
+        return True
+
+    def on_template_event(self, event: preload.Event) -> None:
+        now = time.monotonic()
+        if isinstance(event, preload.Forked):
+            self.adopt_forked(event, now)
+        elif isinstance(event, preload.ForkFailed):
+            key = (event.spec.name, event.slot)
+            self.history[key] = pool.after_spawn_failure(self.history.get(key, SlotHistory()), now,
+                                                         self.backoff, f"fork failed: {event.error}",
+                                                         hopeless=False)
+            self.log.warning(f"{event.spec.name}.{event.slot}: the template cannot fork ({event.error})")
+        elif isinstance(event, preload.Ready):
+            self.carry_out(self.templates.on_ready(event.template, event.report))
+        else:
+            self.carry_out(self.templates.on_failed(event.template, event.report))
+
+    def carry_out(self, verdict: preload.Verdict) -> None:
+        """What the app's verdict in a template means for the pool."""
+        if isinstance(verdict, preload.Reloaded):
+            self.apply_config(verdict.config)
+        elif isinstance(verdict, preload.Preloaded):
+            self.desired = preload.stamped(self.desired, verdict.generation)
+        elif isinstance(verdict, preload.GaveUp):
+            self.give_up_starting()
+
+    def adopt_forked(self, event: preload.Forked, now: float) -> None:
+        worker = Worker(event.spec.name, event.slot, event.pid, event.spec, now)
+        self.workers[event.pid] = worker
+        self.log.info(f"forked {worker.name} pid {worker.pid}")
+        if event.exited is not None:
+            self.on_children_exited([(event.pid, event.exited)])
+        elif self.stopping:
+            # Forked after the stop began: no TERM reached it, from us or the platform.
+            worker.stop_sent, worker.kill_at = now, self.stop_deadline
+            reaper.send([worker.pid], worker.spec.stop_signal)
+
+    def give_up_starting(self) -> None:
+        """The first template could not import the app: no worker has started; exit 2."""
+        self.exit_status = EXIT_CONFIG
+        self.stopping = True
+        self.stop_started = time.monotonic()
+        self.monitoring.retire(self.stop_started)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -299,8 +328,12 @@ class Supervisor:
         key = (spec.name, slot)
         history = self.history.get(key, SlotHistory())
         output = self.output.open(f"{spec.name}.{slot}") if self.output else None
+        env = worker_env(self.env, spec, slot, self.pool_id, self.term_timeout(spec))
         try:
-            env = worker_env(self.env, spec, slot, self.pool_id, self.term_timeout(spec))
+            if spec.forked:
+                self.templates.request_fork(spec, slot, env, now, output)
+                self.last_spawn = now
+                return
             child = spawn(spec.argv, env, output=output)
         except SpawnError as error:
             self.history[key] = pool.after_spawn_failure(history, now, self.backoff, str(error),
@@ -350,48 +383,58 @@ class Supervisor:
         worker.kill_at = now + KILL_RETRY_SECONDS
 
     def term_timeout(self, spec: Group | None = None) -> float:
-        """A group's own timeout, else the file's (unless given by flag or env), else the default."""
-        if spec is not None and spec.term_timeout is not None:
-            return spec.term_timeout
-        if not self.options.stop_from_flags and self.config.term_timeout is not None:
-            return self.config.term_timeout
-        return self.options.stop.term_timeout
+        return self.options.stop.grace(spec.term_timeout if spec else None, self.config.term_timeout)
 
     def on_children_exited(self, exited: list[tuple[int, int]]) -> None:
         now = time.monotonic()
         for pid, status in exited:
             worker = self.workers.pop(pid, None)
-            if worker is None:
+            if worker is not None:
+                self.on_worker_exit(worker, status, now)
+                continue
+            template = self.templates.owner(pid)
+            monitor = self.monitoring.owner(pid)
+            if template is not None:
+                self.carry_out(self.templates.on_gone(template, status, now, jitter(), stopping=self.stopping))
+            elif monitor is not None:
+                line = self.monitoring.on_exit(monitor, status, now, jitter())
+                if line is not None and not self.stopping:
+                    self.log.warning(line)
+            elif not self.templates.keep_unclaimed(pid, status, now):
                 self.log.debug(f"reaped orphan {pid} ({reaper.describe(status)})")
-                continue
-            lived = now - worker.started
-            description = f"{reaper.describe(status)} after {lived:.1f}s"
-            history = pool.after_exit(
-                self.history.get(worker.key, SlotHistory()), lived,
-                expected=worker.stop_sent is not None, now=now, backoff=self.backoff,
-                jitter=self.random.random(), description=description,
+
+    def on_worker_exit(self, worker: Worker, status: int, now: float) -> None:
+        lived = now - worker.started
+        description = f"{reaper.describe(status)} after {lived:.1f}s"
+        reason = report.exit_reason(status, asked=worker.stop_sent is not None)
+        counts = self.exits.setdefault(worker.group, {})
+        counts[reason] = counts.get(reason, 0) + 1
+        history = pool.after_exit(
+            self.history.get(worker.key, SlotHistory()), lived,
+            expected=worker.stop_sent is not None, now=now, backoff=self.backoff,
+            jitter=jitter(), description=description,
+        )
+        if self.options.stop.term_sent_to_all and worker.stop_sent is None:
+            # On Heroku an exit may be the platform's TERM arriving a moment before ours:
+            # a replacement started in between would never get a TERM at all.
+            history = history._replace(not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
+        self.history[worker.key] = history
+        if worker.stop_sent is not None:
+            self.log.info(f"{worker.name} pid {worker.pid} stopped: {description}")
+            return
+        wait = max(0.0, history.not_before - now)
+        self.log.warning(f"{worker.name} pid {worker.pid} {description}; restarting"
+                         + (f" in {wait:.1f}s" if wait else ""))
+        if history.failures == 0:
+            self.reported_loops.discard(worker.group)
+        elif pool.crash_looping(history) and worker.group not in self.reported_loops:
+            self.reported_loops.add(worker.group)
+            self.log.error(
+                f"group {worker.group} is crash-looping: {worker.name} {description}, "
+                f"{history.failures} quick exits in a row; backing off up to "
+                f"{self.backoff.maximum:g}s between starts"
             )
-            if self.options.stop.term_sent_to_all and worker.stop_sent is None:
-                # On Heroku an exit may be the platform's TERM arriving a moment before ours:
-                # a replacement started in between would never get a TERM at all.
-                history = history._replace(not_before=max(history.not_before, now + PLATFORM_TERM_SETTLE))
-            self.history[worker.key] = history
-            if worker.stop_sent is not None:
-                self.log.info(f"{worker.name} pid {pid} stopped: {description}")
-                continue
-            wait = max(0.0, history.not_before - now)
-            self.log.warning(f"{worker.name} pid {pid} {description}; restarting"
-                             + (f" in {wait:.1f}s" if wait else ""))
-            if history.failures == 0:
-                self.reported_loops.discard(worker.group)
-            elif pool.crash_looping(history) and worker.group not in self.reported_loops:
-                self.reported_loops.add(worker.group)
-                self.log.error(
-                    f"group {worker.group} is crash-looping: {worker.name} {description}, "
-                    f"{history.failures} quick exits in a row; backing off up to "
-                    f"{self.backoff.maximum:g}s between starts"
-                )
-                self.on_crash_loop()
+            self.on_crash_loop()
 
     def on_crash_loop(self) -> None:
         if self.options.exit_on_crash_loop and not self.stopping:
@@ -408,6 +451,10 @@ class Supervisor:
         self.stop_started = now
         self.log.info(f"{signal_name(signum)}: stopping {len(self.workers)} worker(s)"
                       + ("" if deadline else " with no deadline (QUIT)"))
+        self.templates.pending = None
+        for template in self.templates.alive():
+            self.templates.retire(template)  # no more forks; it exits once it answered those under way
+        self.monitoring.retire(now)  # it takes the pool's fleet entry away as it goes
         skip_term = from_platform and self.options.stop.term_sent_to_all
         self.platform_sent_term = self.platform_sent_term or skip_term
         for worker in self.workers.values():
@@ -429,7 +476,7 @@ class Supervisor:
 
     def all_gone(self, now: float) -> bool:
         """Workers are gone; give their leftovers TERM, the grace, then KILL. True when none is left."""
-        if self.workers:
+        if self.workers or self.templates.alive() or self.monitoring.alive():
             return False
         leftovers = reaper.descendants()
         if not leftovers:
@@ -476,6 +523,8 @@ class Supervisor:
             self.log.debug(f"passed {signal_name(signum)} to {len(self.workers)} worker(s)")
 
     def reload(self) -> dict:
+        """Read the file again. With forked groups, a new template imports the app first, and the
+        new config applies only once it is ready: a broken file or app changes nothing."""
         if self.stopping:
             return {"error": "the pool is stopping"}
         try:
@@ -485,19 +534,35 @@ class Supervisor:
                 self.log.error(str(problem))
             self.log.error("reload failed: the running pool is unchanged")
             return {"error": str(error)}
+        setup = preload.setup_for(config, self.env)
+        if setup is None:
+            self.templates.pending = None
+            self.templates.retire(self.templates.candidate)
+            self.templates.retire(self.templates.current)
+            self.templates.setup = None
+            return {"ok": True, "changes": self.apply_config(config)}
+        self.templates.pending = config
+        if not self.start_template(setup, candidate=True):
+            self.log.error("reload failed: the running pool is unchanged")
+            return {"error": "cannot start a template to import the app"}
+        self.log.info("reload: importing the app in a new template; the new config applies when it is ready")
+        return {"ok": True, "changes": [], "pending": "importing the app in a new template"}
+
+    def apply_config(self, config: PoolConfig) -> list[str]:
+        """Move to a config that has been read and, with forked groups, preloaded."""
+        template = self.templates.current
         new = desired_counts(config, self.limit.bytes, os.cpu_count() or 1)
-        for name, (spec, _count) in new.items():
-            old = self.desired.get(name)
-            if spec.auto and old and old[0].auto and pool.same_definition(old[0], spec):
-                # keep what `auto` has learnt, within the new bounds
-                new[name] = (spec, max(spec.min_count, min(spec.max_count, old[1])))
+        if template is not None:
+            new = preload.stamped(new, template.generation)
+        new = pool.keeping_learnt_counts(self.desired, new)
         changes = pool.reload_diff(self.desired, new)
         self.config, self.desired = config, new
-        self.backoff = Backoff.from_config(config)
+        self.backoff = self.templates.backoff = self.monitoring.backoff = Backoff.from_config(config)
+        self.configure_monitor()
         self.reported_loops.clear()
         self.paused = False
         self.log.info("reload: " + (", ".join(changes) if changes else "no change"))
-        return {"ok": True, "changes": changes}
+        return changes
 
     def scale_all(self, step: int) -> None:
         self.desired = pool.scaled(self.desired, step)
@@ -515,87 +580,43 @@ class Supervisor:
         if command == "reload":
             return self.reload()
         if command == "scale":
-            group, count = request.get("group"), request.get("count")
-            if group not in self.desired:
-                return {"error": f"no group {group!r}; groups: {', '.join(self.desired)}"}
-            if not isinstance(count, int) or not 0 <= count <= 1000:
-                return {"error": "count: expected a whole number from 0 to 1000"}
-            spec, old = self.desired[group]
-            self.desired[group] = (spec, count)
-            self.log.info(f"scale: {group} {old}->{count}")
+            scale = steering.scale_request(request, self.desired)
+            if isinstance(scale, dict):
+                return scale  # the error reply
+            spec, old = self.desired[scale.group]
+            self.desired[scale.group] = (spec, scale.count)
+            self.log.info(f"scale: {scale.group} {old}->{scale.count}")
             return {"ok": True}
         return {"error": f"unknown command {command!r}"}
 
+    def view(self, now: float) -> steering.PoolView:
+        """What the replies and the fleet entry are built from."""
+        return steering.PoolView(self.pool_id, self.stopping, self.paused, self.effective_desired(), self.desired,
+                                 self.workers.values(), self.history, self.backoff.reset_after,
+                                 self.monitoring.readings, lambda name: self.work.usage.shares(name, now), now)
+
     def status(self) -> dict:
         now = time.monotonic()
-        self.measure()  # someone asked: fresh numbers are worth one walk over /proc
-        running = {w.key: w for w in self.workers.values()}
-        rows = []
-        keys = set(running) | {(name, slot) for name, (_, count) in self.effective_desired().items()
-                               for slot in range(1, count + 1)}
-        for key in sorted(keys):
-            worker = running.get(key)
-            history = self.history.get(key, SlotHistory())
-            if worker is not None:
-                state = "stopping" if worker.stop_sent is not None else "running"
-            elif history.not_before > now:
-                state = f"backoff {history.not_before - now:.0f}s"
-            else:
-                state = "starting"
-            rows.append({
-                "group": key[0], "slot": key[1], "pid": worker.pid if worker else None,
-                "state": state, "uptime": round(now - worker.started, 1) if worker else None,
-                "restarts": history.restarts, "last_exit": history.last_exit,
-                "memory": worker.pss if worker else None,
-            })
-        return {
-            "pool_id": self.pool_id, "manager_pid": os.getpid(),
-            "stopping": self.stopping, "paused": self.paused, "workers": rows,
-            "memory": {
-                "limit": self.limit.bytes, "limit_source": self.limit.source,
-                "manager": self.manager_pss, "total": self.total_pss(),
-                "oom_kills": self.read_oom_kills() - self.oom_kills_at_start,
-            },
-        }
+        # someone asked: fresh numbers are worth one walk over /proc
+        self.memory.measure(self.workers.values(), self.helper_pids())
+        return steering.status(self.view(now), self.exits, self.templates, self.monitoring, self.memory, self.limit)
 
     def health(self) -> dict:
         """--health: crash loops and memory from what the pool already knows (no walk over /proc)."""
         now = time.monotonic()
-        counts = {name: count for name, (_, count) in self.effective_desired().items()}
-        uptimes = {w.key: now - w.started for w in self.workers.values() if w.stop_sent is None}
         limit = self.limit
         usage_now = (memory.read_usage(limit.cgroup_version, limit.cgroup_dir)
                      if limit.bytes is not None and limit.cgroup_dir is not None and limit.cgroup_version is not None
                      else None)
-        problem = first_problem(
-            self.stopping,
-            looping_slots(counts, uptimes, self.history, self.backoff.reset_after),
-            memory_problem(self.total_pss(), limit.bytes, memory.guard_fraction(self.config.memory_headroom),
-                           usage_now),
-        )
-        return {"healthy": problem is None, "problem": problem, "running": len(uptimes),
-                "wanted": sum(counts.values())}
+        over_guard = memory_problem(self.memory.total(self.workers.values()), limit.bytes,
+                                    memory.guard_fraction(self.config.memory_headroom), usage_now)
+        return steering.health(self.view(now), over_guard)
 
     # -- output --------------------------------------------------------------------------------
 
-    def log_startup(self) -> None:
-        total = sum(count for _, count in self.desired.values())
-        env = f" ({self.config.app_env})" if self.config.app_env else ""
-        self.log.info(
-            f"pool {self.pool_id}: {len(self.desired)} group(s), {total} worker(s) from "
-            f"{self.config.source}{env}; term timeout {self.term_timeout():g}s"
-            + ("; TERM comes from the platform" if self.options.stop.term_sent_to_all else "")
-        )
-        if self.limit.bytes:
-            self.log.info(f"memory limit: {memory.format_bytes(self.limit.bytes)} from {self.limit.source}")
-        else:
-            self.log.info(f"memory limit: none ({self.limit.source})")
-        for name, (spec, count) in self.desired.items():
-            if spec.auto and self.limit.bytes is None:
-                self.log.info(f"auto: {name} runs {count} workers (no memory limit known: 2 x CPUs + 1, "
-                              f"within {spec.min_count}-{spec.max_count})")
-
     def log_shutdown(self) -> None:
+        if self.exit_status == EXIT_CONFIG:
+            return  # it never started
         took = time.monotonic() - self.stop_started
         outcome = "some had to be KILLed" if self.killed_any else "all stopped in time"
         self.log.info(f"pool stopped in {took:.2f}s: {outcome}")

@@ -26,7 +26,9 @@ from example import ENQUEUED, QUEUES, RUNS, STARTS
 from example.connection import connect
 from example.jobs import expected_result
 
-WAITING = ("queued", "started")
+# While the workers run, a job is `stranded` (taken, not started) for the moment between a worker's
+# take and its work-horse's start: wait for those too; one left there when the wait ends is stranded.
+WAITING = ("queued", "started", "stranded")
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _reason(job: Job, runs: int) -> str:
 
 
 def wait(connection, timeout: float, interval: float = 0.5) -> Tally:
-    """Tally again and again until no job is queued or started, or `timeout` seconds pass."""
+    """Tally again and again until no job is queued, started or being handed over, or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
     while True:
         current = tally(connection)

@@ -506,7 +506,7 @@ def test_fork_failure_is_survived_retried_with_backoff_and_recovers(runner, tmp_
 
 
 def test_a_failed_fork_costs_no_descriptors(monkeypatch):
-    """spawn()'s fork path (a terminal, or a callable) opens its exec-report pipe before fork():
+    """spawn()'s fork path (the one for a terminal) opens its exec-report pipe before fork():
     when fork() raises, both ends must be closed, or every retry leaks two descriptors."""
     from entrypoint import spawn as spawning
 
@@ -517,7 +517,7 @@ def test_a_failed_fork_costs_no_descriptors(monkeypatch):
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(10):
         with pytest.raises(OSError):
-            spawning.spawn(lambda: 0)
+            spawning.spawn(["true"], terminal=0)
     assert len(os.listdir("/proc/self/fd")) == before
 
 

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import conftest
@@ -235,36 +236,47 @@ def in_flight(connection) -> set[str]:
     return {job.id for job in jobs if job is not None and job.get_status() == JobStatus.STARTED}
 
 
-def busy_workers(init: int) -> list[int]:
-    """Worker processes (the init's children) that have a work-horse running a job."""
+def inside_pid(pid: int) -> int:
+    """The pid of a process of the pool's namespace as the pool sees it (the last of its NSpid)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[-1])
+
+
+class BusyWorker(NamedTuple):
+    pid: int  # as the host sees it
+    name: str  # the pool's group.slot
+    horse: int  # the work-horse running its job
+
+
+def busy_workers(init: int, pool_socket: str) -> list[BusyWorker]:
+    """Worker processes (the init's children the pool lists as workers, not its helpers: a template
+    has a child for a moment as it forks) that have a work-horse running a job, seen in one pass:
+    a job lasts a fraction of a second, so the horse is read with its worker, not looked up later."""
+    try:
+        rows = request(pool_socket, {"command": "status"})["workers"]
+    except OSError:
+        return []  # not answering yet
+    names = {row["pid"]: f"{row['group']}.{row['slot']}" for row in rows}
     busy = []
     for pid in children_of(init):
         with contextlib.suppress(OSError):
-            if children_of(pid):
-                busy.append(pid)
+            horses, inside = children_of(pid), inside_pid(pid)
+            if inside in names and horses:
+                busy.append(BusyWorker(pid, names[inside], horses[0]))
     return busy
 
 
-def two_busy_workers(init: int) -> list[int] | None:
-    busy = busy_workers(init)
+def two_busy_workers(init: int, pool_socket: str) -> list[BusyWorker] | None:
+    busy = busy_workers(init, pool_socket)
     return busy[:2] if len(busy) >= 2 else None
 
 
-def rq_workers(init: int) -> list[bytes]:
-    """The command lines of the init's children that are RQ workers (not a fork before exec)."""
-    found = []
-    for pid in children_of(init):
-        with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"rq.cli" in cmdline:
-                found.append(cmdline)
-    return found
-
-
-def pool_worker_name(pid: int) -> str:
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return next(item.split(b"=", 1)[1].decode() for item in environ
-                if item.startswith(b"POOL_WORKER="))
+def rq_commands(pool_socket: str) -> list[bytes]:
+    """The command lines the pool's RQ groups run, NUL-separated as in /proc/PID/cmdline (a forked
+    worker runs its group's in the template's fork, so its own cmdline is the template's)."""
+    groups = request(pool_socket, {"command": "status"})["groups"].values()
+    return ["\0".join(group["command"]).encode() + b"\0" for group in groups
+            if group["command"] and "rq.cli" in group["command"]]
 
 
 def assert_stopped_in_time(code: int, running: Running) -> None:
@@ -330,7 +342,7 @@ def test_docker_stop_lets_jobs_in_flight_finish_and_loses_none(
 
 @pytest.mark.timeout(90)
 def test_heroku_shutdown_term_to_everyone_finishes_jobs_without_a_second_term(
-    launch, redis_server  # noqa: F811
+    launch, redis_server, pool_socket  # noqa: F811
 ) -> None:
     connection = connect(redis_server)
     ids = enqueue(connection, 80, seconds=0.8)
@@ -338,7 +350,7 @@ def test_heroku_shutdown_term_to_everyone_finishes_jobs_without_a_second_term(
     wait_for(lambda: len(in_flight(connection)) >= 3 and connection.hlen(RUNS) >= 3, 30,
              "jobs to be running")
     running_at_stop = in_flight(connection)
-    workers = rq_workers(running.init)
+    workers = rq_commands(pool_socket)
     assert workers, "no RQ worker is running"
     for cmdline in workers:  # $DYNO set: our classes built on RQ's HerokuWorker, whose horse ignores TERM
         assert re.search(rb"--worker-class\0entrypoint\.rq_\w+\.\w+HerokuWorker\0", cmdline), cmdline
@@ -392,11 +404,13 @@ def test_workers_killed_mid_job_are_replaced_and_after_a_restart_nothing_is_stra
     ids = enqueue(connection, 60, seconds=(0.2, 0.6), seed=1)
     running = launch(as_docker_compose(redis_server))
 
-    alone, with_horse = wait_for(lambda: two_busy_workers(running.init), 30, "two workers in the middle of a job")
-    names = {pool_worker_name(pid) for pid in (alone, with_horse)}
-    (orphan,), (horse,) = children_of(alone), children_of(with_horse)
-    for pid in (alone, with_horse, horse):
-        os.kill(pid, signal.SIGKILL)
+    alone, with_horse = wait_for(lambda: two_busy_workers(running.init, pool_socket), 30,
+                                 "two workers in the middle of a job")
+    names = {alone.name, with_horse.name}
+    orphan = alone.horse
+    for pid in (alone.pid, with_horse.pid, with_horse.horse):
+        with contextlib.suppress(ProcessLookupError):  # a horse may have finished its job by now
+            os.kill(pid, signal.SIGKILL)
 
     def replaced():
         workers = request(pool_socket, {"command": "status"})["workers"]

@@ -29,7 +29,7 @@ from entrypoint.memory import (
     read_pss,
     read_usage,
     steady_per_worker,
-    tree_pss,
+    tree_footprint,
     workers_over_ceiling,
 )
 from entrypoint.reaper import children_index, process_table
@@ -54,7 +54,7 @@ def test_v1_without_namespace_joins_the_full_host_path() -> None:
     self_cgroup = "9:name=systemd:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n"
     assert cgroup_memory_dir(self_cgroup, V1_MOUNTS + UNIFIED_MOUNT) == (
         1,
-        Path("/sys/fs/cgroup/memory/process_api/abc"),
+        "/sys/fs/cgroup/memory/process_api/abc",
     )
 
 
@@ -63,7 +63,7 @@ def test_v2_docker_with_cgroup_namespace_is_the_mount_point() -> None:
         "600 590 0:29 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime shared:9 - "
         "cgroup2 cgroup rw,nsdelegate,memory_recursiveprot\n"
     )
-    assert cgroup_memory_dir("0::/\n", mountinfo) == (2, Path("/sys/fs/cgroup"))
+    assert cgroup_memory_dir("0::/\n", mountinfo) == (2, "/sys/fs/cgroup")
 
 
 def test_v1_bind_mounted_sub_hierarchy_strips_the_mount_root() -> None:
@@ -74,9 +74,9 @@ def test_v1_bind_mounted_sub_hierarchy_strips_the_mount_root() -> None:
         "cgroup cgroup rw,cpu,cpuacct\n"
     )
     self_cgroup = "12:cpu,cpuacct:/docker/abc\n8:memory:/docker/abc\n"
-    assert cgroup_memory_dir(self_cgroup, mountinfo) == (1, Path("/sys/fs/cgroup/memory"))
+    assert cgroup_memory_dir(self_cgroup, mountinfo) == (1, "/sys/fs/cgroup/memory")
     deeper = "8:memory:/docker/abc/jobs\n"
-    assert cgroup_memory_dir(deeper, mountinfo) == (1, Path("/sys/fs/cgroup/memory/jobs"))
+    assert cgroup_memory_dir(deeper, mountinfo) == (1, "/sys/fs/cgroup/memory/jobs")
 
 
 def test_path_outside_the_mount_root_falls_back_to_the_mount_point() -> None:
@@ -84,7 +84,7 @@ def test_path_outside_the_mount_root_falls_back_to_the_mount_point() -> None:
     for path in ("/docker/abcdef", "/other", "/../.."):
         assert cgroup_memory_dir(f"8:memory:{path}\n", mountinfo) == (
             1,
-            Path("/sys/fs/cgroup/memory"),
+            "/sys/fs/cgroup/memory",
         )
 
 
@@ -95,7 +95,7 @@ def test_combined_v1_controllers_and_escaped_mount_points() -> None:
     )
     assert cgroup_memory_dir("4:hugetlb,memory:/a\n", mountinfo) == (
         1,
-        Path("/sys/fs/cgroup/memory x/a"),
+        "/sys/fs/cgroup/memory x/a",
     )
 
 
@@ -103,7 +103,7 @@ def test_hybrid_prefers_v1_memory() -> None:
     self_cgroup = "4:memory:/user.slice\n0::/user.slice/session-1.scope\n"
     assert cgroup_memory_dir(self_cgroup, V1_MOUNTS + UNIFIED_MOUNT) == (
         1,
-        Path("/sys/fs/cgroup/memory/user.slice"),
+        "/sys/fs/cgroup/memory/user.slice",
     )
 
 
@@ -111,7 +111,7 @@ def test_pure_v2_on_a_host() -> None:
     mountinfo = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n"
     assert cgroup_memory_dir("0::/user.slice/app.service\n", mountinfo) == (
         2,
-        Path("/sys/fs/cgroup/user.slice/app.service"),
+        "/sys/fs/cgroup/user.slice/app.service",
     )
 
 
@@ -217,7 +217,8 @@ def test_own_limit_is_the_tightest_limit_on_our_cgroup_path() -> None:
     if located is None:
         assert found == MemoryLimit(None, "no cgroup memory controller found", None)
         return
-    version, directory = located
+    version, path = located
+    directory = Path(path)
     name = "memory.limit_in_bytes" if version == 1 else "memory.max"
     if not (directory / name).exists():  # the v2 root, or memory not delegated to our cgroup
         assert found == MemoryLimit(None, "no cgroup memory controller found", None)
@@ -229,10 +230,10 @@ def test_own_limit_is_the_tightest_limit_on_our_cgroup_path() -> None:
             limits.append((int(text), level / name))
     if limits:
         size, file = min(limits)
-        assert found == MemoryLimit(size, f"cgroup v{version} {file}", directory, version)
+        assert found == MemoryLimit(size, f"cgroup v{version} {file}", path, version)
     else:
-        assert found == MemoryLimit(None, "the cgroup says max", directory, version)
-    usage = read_usage(version, directory)
+        assert found == MemoryLimit(None, "the cgroup says max", path, version)
+    usage = read_usage(version, path)
     assert usage is not None and usage > 0, "our own cgroup is charged for our own memory"
 
 
@@ -288,7 +289,7 @@ def test_a_parent_limit_binds_and_is_named(tmp_path: Path) -> None:
     assert found == MemoryLimit(
         512 * MiB,
         f"cgroup v1 {mount / 'pod' / 'memory.limit_in_bytes'}",
-        mount / "pod" / "app",
+        str(mount / "pod" / "app"),
         1,
     )
     # Nothing above the mount point is read, even if it looks like a limit.
@@ -304,7 +305,7 @@ def test_v2_max_everywhere_means_no_limit(tmp_path: Path) -> None:
     (mount / "app" / "memory.current").write_text("12345\n")
     (mount / "app" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
     found = find_memory_limit(None, {}, proc)
-    assert found == MemoryLimit(None, "the cgroup says max", mount / "app", 2)
+    assert found == MemoryLimit(None, "the cgroup says max", str(mount / "app"), 2)
     assert read_usage(2, mount / "app") == 12345
     assert read_oom_kills(2, mount / "app") == 2
     (mount / "app" / "memory.max").write_text(f"{256 * MiB}\n")
@@ -372,9 +373,10 @@ def test_tree_pss_sums_descendants_and_tolerates_gone_ones(tmp_path: Path) -> No
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "smaps_rollup").write_text(f"Pss: {kib} kB\n")
     index = {1: [2, 9], 2: [3], 3: [1]}  # 9 is gone; 3 -> 1 is a stale, looping entry
-    assert tree_pss(1, index, tmp_path) == 60 * 1024
-    assert tree_pss(2, index, tmp_path) == 60 * 1024
-    assert tree_pss(9, index, tmp_path) is None
+    assert tree_footprint(1, index, tmp_path).pss == 60 * 1024
+    assert tree_footprint(2, index, tmp_path).pss == 60 * 1024
+    assert tree_footprint(9, index, tmp_path) is None
+    assert tree_footprint(1, index, tmp_path).own.pss == 10 * 1024, "its own, apart from its descendants'"
 
 
 # ---------------------------------------------------------------- real processes
@@ -429,10 +431,10 @@ def _started(*args: str, **options: object) -> Iterator[subprocess.Popen[str]]:
 def test_real_pss_of_a_process_that_touched_64_mib() -> None:
     with _started("-c", ALLOCATE.format(size=64 * MiB)) as child:
         assert _read_line(child, 30).strip() == "ready"
-        pss = tree_pss(child.pid, children_index(process_table()))
-        assert pss is not None
-        assert 60 * MiB <= pss < 200 * MiB
-        assert read_pss(child.pid) == pss  # no children of its own
+        tree = tree_footprint(child.pid, children_index(process_table()))
+        assert tree is not None
+        assert 60 * MiB <= tree.pss < 200 * MiB
+        assert tree.below == (0, 0, 0), "no children of its own: all of it is its own"
 
 
 def test_real_tree_pss_includes_the_childs_memory() -> None:
@@ -442,7 +444,7 @@ def test_real_tree_pss_includes_the_childs_memory() -> None:
         index = children_index(process_table())
         assert int(horse) in index[parent.pid]
         own = read_pss(parent.pid)
-        tree = tree_pss(parent.pid, index)
+        tree = tree_footprint(parent.pid, index).pss
         assert own is not None
         assert tree is not None
         assert own < 60 * MiB

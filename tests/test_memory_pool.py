@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,15 +68,20 @@ def test_auto_settles_on_the_count_that_fits(runner, tmp_path, memory_cgroup):
     # between two whole numbers: the expected count is exact with a few MiB either way.
     pool = CgroupPool(runner, tmp_path, memory_cgroup, config, HOG_MB="39")
     wait_for(lambda: len(pool.running()) >= 2, 30, "auto to add workers")
-    history: list[int] = []
+    history: list[tuple[float, int]] = []
+    # auto grows at most twice over at a time, each step once every worker has been measured 3
+    # times: settled means the same count for 10 memory intervals, longer than any step takes.
+    quiet = 10 * 0.3
 
     def settled():
         running = pool.running()
-        history.append(len(running))
+        now = time.monotonic()
+        history.append((now, len(running)))
+        recent = {count for when, count in history if when >= now - quiet}
         measured = running and all(w["memory"] for w in running)
-        return measured and len(history) >= 10 and len(set(history[-10:])) == 1 and running
+        return measured and history[0][0] <= now - quiet and len(recent) == 1 and running
 
-    running = wait_for(settled, 40, "auto to settle (the same count for 10 polls)")
+    running = wait_for(settled, 60, "auto to settle (the same count for 10 memory intervals)")
     # "Best" from our own reading of /proc, not from the numbers the pool reports about itself.
     per_worker = max(pss(w["pid"]) for w in running)
     manager = pss(pool.process.pid)

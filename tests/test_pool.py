@@ -128,8 +128,8 @@ def test_reload_diff_names_each_change():
 
 
 def test_auto_groups_start_small_under_a_limit_and_cpu_sized_without_one():
+    from entrypoint.pool import desired_counts
     from entrypoint.poolconfig import PoolConfig
-    from entrypoint.supervisor import desired_counts
 
     auto = A._replace(count=None, min_count=2, max_count=6)
     config = PoolConfig(source="pool.yml", app_env=None, groups=(auto, B))
@@ -139,10 +139,22 @@ def test_auto_groups_start_small_under_a_limit_and_cpu_sized_without_one():
 
 
 def test_each_worker_knows_its_queues_group_slot_and_pool():
-    from entrypoint.supervisor import worker_env
+    from entrypoint.pool import worker_env
 
     spec = A._replace(name="q1,q2", queues=("q1", "q2"), env=(("FLAVOUR", "x"),))
     env = worker_env({"PATH": "/bin", "FLAVOUR": "base"}, spec, 3, "host:1", 12.5)
     assert env == {"PATH": "/bin", "FLAVOUR": "x", "QUEUES": "q1,q2", "POOL_GROUP": "q1,q2",
                    "POOL_SLOT": "3", "POOL_WORKER": "q1,q2.3", "POOL_ID": "host:1",
-                   "POOL_TERM_TIMEOUT": "12.5"}
+                   "POOL_TERM_TIMEOUT": "12.5", "POOL_REQUEUE_ON_SHUTDOWN": "1"}
+    never_twice = spec._replace(requeue_on_shutdown=False)
+    assert worker_env({}, never_twice, 3, "host:1", 12.5)["POOL_REQUEUE_ON_SHUTDOWN"] == "0"
+
+
+def test_a_workers_grace_is_its_groups_then_the_flag_then_the_files_then_the_default():
+    from entrypoint.shutdown import StopPolicy
+
+    default, flagged = StopPolicy(term_timeout=8.0), StopPolicy(term_timeout=1.0, timeout_given=True)
+    assert default.grace(5.0, 3.0) == flagged.grace(5.0, 3.0) == 5.0, "a group's own value wins"
+    assert flagged.grace(None, 3.0) == 1.0, "--term-timeout / TERM_TIMEOUT beat pool.term_timeout"
+    assert default.grace(None, 3.0) == 3.0
+    assert default.grace(None, None) == 8.0

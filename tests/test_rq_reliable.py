@@ -458,7 +458,7 @@ def test_requeue_on_shutdown_off_keeps_rqs_behaviour_for_a_running_job(
         runner, tmp_path, redis_server, connection) -> None:  # noqa: F811
     queue = Queue("a", connection=connection)
     job = queue.enqueue(f"{JOBS}.started_then_sleep", 30)
-    pool = RQPool(runner, tmp_path, redis_server, "a:\n  count: 1\n  env: {POOL_REQUEUE_ON_SHUTDOWN: '0'}\n")
+    pool = RQPool(runner, tmp_path, redis_server, "a:\n  count: 1\n  requeue_on_shutdown: false\n")
     wait_for(lambda: connection.get(f"starts:{job.id}") == b"1", 20, "the long job to start")
     code, took = pool.stop()
     assert code == 1, "the pool KILLed the worker at its deadline, as with RQ's own worker"

@@ -15,7 +15,6 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -23,7 +22,6 @@ from conftest import installed_tool
 
 from entrypoint.cli import parse, stop_policy
 from entrypoint.config import load_config
-from entrypoint.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -206,18 +204,15 @@ def heroku_env(image: Image) -> dict[str, str]:
 def term_timeouts(argv: list[str], env: Mapping[str, str]) -> dict[str, float]:
     """Each group's grace after TERM, as the pool started by `argv` (after ENTRYPOINT) sees it.
 
-    The rule is the pool's own (Supervisor.term_timeout: the group's, else the file's unless
+    The rule is the pool's own (StopPolicy.grace: the group's, else the file's unless
     --term-timeout/TERM_TIMEOUT is given, else the default), applied to the parsed config.
     """
     invocation = parse(argv, env)
     assert invocation.command is None, f"{argv} runs a command, not the pool"
     args = invocation.args
     config = load_config(args.config, env, ROOT)
-    pool = SimpleNamespace(config=config, options=SimpleNamespace(
-        stop=stop_policy(args, env),
-        stop_from_flags=args.term_timeout is not None or bool(env.get("TERM_TIMEOUT")),
-    ))
-    return {group.name: Supervisor.term_timeout(pool, group) for group in config.groups}
+    stop = stop_policy(args, env)
+    return {group.name: stop.grace(group.term_timeout, config.term_timeout) for group in config.groups}
 
 
 def run_entrypoint(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess:
@@ -264,13 +259,16 @@ def test_dockerfile_makes_entrypoint_pid_1_as_a_numeric_non_root_user() -> None:
     assert image.workdir == "/app"
 
 
-def test_dockerfile_installs_the_project_with_rq_and_no_pip_cache() -> None:
+def test_dockerfile_installs_the_project_with_rq_and_metrics_and_no_pip_cache() -> None:
     runs = [rest for keyword, rest in instructions(DOCKERFILE.read_text()) if keyword == "RUN"]
     installs = [run for run in runs if "pip install" in run]
     assert installs, "the project is never pip-installed"
     for run in installs:
         assert "--no-cache-dir" in run, run
-    assert any(re.search(r"""["']?\.?/?\[rq\]["']?""", run) for run in installs), installs
+    extras = {extra for run in installs for found in re.findall(r"""["']?\.?/\w*\[([\w,]+)\]["']?""", run)
+              for extra in found.split(",")}
+    # rq: the default worker; metrics: prometheus_client, for the METRICS_PORT k8s/deployment.yaml sets
+    assert {"rq", "metrics"} <= extras, installs
 
 
 def test_the_image_finds_the_example_config() -> None:

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -422,7 +423,7 @@ def test_status_json_and_scale_and_reload_over_the_socket(runner, tmp_path):
     assert [(r["group"], r["slot"], r["state"]) for r in rows] == [("a", 1, "running")]
     table = runner.run([*control, "--status"])
     cells = [[cell.strip() for cell in line.split("\u2502")] for line in table.stdout.splitlines()]
-    assert [row[:4] for row in cells if len(row) == 8 and row[0] != "group"] == [
+    assert [row[:4] for row in cells if len(row) == 9 and row[0] != "group"] == [
         ["a", "1", str(rows[0]["pid"]), "running"]], table.stdout
     assert "memory: " in table.stdout and "in all, the manager" in table.stdout
     assert rows_memory(status.stdout), "every running worker's memory is shown"
@@ -485,6 +486,33 @@ def test_workers_start_with_default_signals_an_empty_mask_and_their_own_group(ru
     assert int(status["SigIgn"], 16) & 0x7FFFFFFF == 0, "Python's ignored PIPE and XFSZ must not leak"
     assert status["SigBlk"] == "0000000000000000"
     assert status["NSpgid"] == status["NSpid"], "a worker leads its own process group"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("command", ["--status", "--fleet"])
+def test_a_command_waiting_on_its_answer_is_stopped_by_ctrl_c(runner, tmp_path, command):
+    """The program holds every signal from its first moment (for the pool's sake); a command to a
+    running pool or to the fleet's Redis lets go, so Ctrl-C stops one whose peer never answers."""
+    if command == "--status":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(tmp_path / "s.sock"))
+        args, env = [command, "--socket", str(tmp_path / "s.sock")], runner.env()
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        args = [command]
+        env = runner.env(REDIS_URL=f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+    with listener:
+        listener.listen()
+        process = runner.start(args, env=env)
+        peer, _ = listener.accept()  # connected, waiting for an answer that never comes
+        with peer:
+            os.kill(process.pid, signal.SIGINT)
+            try:
+                process.communicate(timeout=1.5)  # shorter than either command's own timeout
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{command}: Ctrl-C was held while it waited")
+    assert process.returncode == 130
 
 
 def test_a_term_to_pid_1_while_it_reads_its_config_is_not_lost(runner, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from rq import get_current_job
@@ -26,3 +27,12 @@ def fails_until(attempt: int) -> int:
 
 def add(a: int, b: int) -> int:
     return a + b
+
+
+def timed(seconds: float) -> float:
+    """Sleep, and record in the list `timed` which worker ran it (the horse's parent) and when."""
+    job = get_current_job()
+    started = time.time()
+    time.sleep(seconds)
+    job.connection.rpush("timed", f"{job.id} {os.getppid()} {started} {time.time()}")
+    return seconds
