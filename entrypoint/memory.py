@@ -292,12 +292,6 @@ def steady_per_worker(samples: Sequence[int]) -> int:
     return max(samples, default=0)
 
 
-def workers_over_ceiling(usage: Mapping[int, int], ceiling: int) -> list[int]:
-    """Workers using more than ceiling bytes, largest first."""
-    over = [worker for worker, used in usage.items() if used > ceiling]
-    return sorted(over, key=lambda worker: usage[worker], reverse=True)
-
-
 def guard_fraction(headroom: float) -> float:
     """Where the pool guard acts: halfway between the headroom `auto` plans up to and the limit."""
     return (1 + headroom) / 2

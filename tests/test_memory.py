@@ -30,7 +30,6 @@ from entrypoint.memory import (
     read_usage,
     steady_per_worker,
     tree_footprint,
-    workers_over_ceiling,
 )
 from entrypoint.reaper import children_index, process_table
 
@@ -152,13 +151,6 @@ def test_cpu_worker_count() -> None:
 def test_steady_per_worker_is_the_peak() -> None:
     assert steady_per_worker([100, 300, 200]) == 300
     assert steady_per_worker([]) == 0
-
-
-def test_workers_over_ceiling_largest_first() -> None:
-    usage = {1: 100, 2: 500, 3: 300, 4: 200}
-    assert workers_over_ceiling(usage, 200) == [2, 3]
-    assert workers_over_ceiling(usage, 500) == []
-    assert workers_over_ceiling({}, 0) == []
 
 
 def test_pick_for_pool_guard() -> None:
