@@ -308,9 +308,11 @@ class Monitoring:
                 reaper.send([monitor.pid], signal.SIGKILL)
                 monitor.kill_at = None
 
-    def next_wakeup(self) -> float | None:
+    def next_wakeup(self, *, restarting: bool) -> float | None:
+        """When a retired monitor is overdue, or (restarting: the pool still wants a monitor) when
+        a dead one's backoff ends."""
         moments = [m.kill_at for m in self.retired if m.kill_at is not None]
-        if self.setup is not None and self.current is None:
+        if restarting and self.setup is not None and self.current is None:
             moments.append(self.history.not_before)
         return min(moments, default=None)
 

@@ -176,7 +176,7 @@ class Supervisor:
         moments = [
             pool.next_wakeup(self.effective_desired(), self.workers.values(), self.history, now),
             self.templates.next_wakeup(restarting=not self.stopping),
-            self.monitoring.next_wakeup(),
+            self.monitoring.next_wakeup(restarting=not self.stopping),
             self.leftovers_deadline,
             self.memory.next_sample,
             self.work.next_wakeup(now, self.config, self.desired),

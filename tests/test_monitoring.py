@@ -14,10 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from entrypoint import monitoring, report
 from entrypoint.config import load_config
+from entrypoint.console import Log
 from entrypoint.elastic import Backlog
 from entrypoint.metrics import families
 from entrypoint.monitor import enqueued_at, queue_names, server_of
-from entrypoint.pool import Worker
+from entrypoint.pool import Backoff, Worker
 from entrypoint.poolconfig import ConfigError, Group, PoolConfig
 from entrypoint.rqworker import DEFAULT_REDIS_URL, default_worker_argv, rq_worker_url
 
@@ -278,3 +279,12 @@ def test_metrics_say_what_the_status_says():
 def test_a_pool_that_does_not_answer_is_pool_up_0_and_nothing_else():
     assert exposition(None) == {("entrypoint_pool_up", (("pool_id", ""),)): 0}
 
+
+
+def test_a_stopping_pool_sets_no_wake_up_for_a_monitor_it_will_not_restart():
+    """Stopping, the pool retires its monitor and starts no other: the monitor's restart moment
+    (long past) must not wake the loop, which would then spin until the workers are gone."""
+    monitors = monitoring.Monitoring({}, Log(), Backoff(), None)
+    monitors.setup = monitoring.Setup("pool", (), None, None, None)
+    assert monitors.next_wakeup(restarting=True) == 0.0
+    assert monitors.next_wakeup(restarting=False) is None
